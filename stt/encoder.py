@@ -1,0 +1,243 @@
+"""Encoders (SPEC section 1): torchvision-layout ResNets returning feature maps by level.
+
+The state_dict keys are exactly torchvision's (minus ``fc``), so a user's torchvision or MoCo
+checkpoint loads unchanged. Only strides and the stem pool differ between the variants:
+
+=============  ==============  =========  ==================================================
+variant        layer strides   stem pool  use
+=============  ==============  =========  ==================================================
+``train``      (1, 2, 2, 4)    none       STT student: layer2 /4, layer3 /8, layer4 /32
+``stride8``    (1, 2, 2, 1)    none       STT test time: layer3 at /8
+``stride4``    (1, 1, 1, 1)    avg 3x3/2  STT test time "stride 4": layer3 at /4
+``imagenet``   (1, 2, 2, 2)    max 3x3/2  plain torchvision (layer4 at /32)
+=============  ==============  =========  ==================================================
+
+The same weights serve every variant: strides carry no parameters.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from .color import rgb_to_normalized_lab
+
+VARIANTS = {
+    "train": dict(strides=(1, 2, 2, 4), stem_pool=None),
+    "stride8": dict(strides=(1, 2, 2, 1), stem_pool=None),
+    "stride4": dict(strides=(1, 1, 1, 1), stem_pool="avg"),
+    "imagenet": dict(strides=(1, 2, 2, 2), stem_pool="max"),
+}
+LEVELS = ("layer1", "layer2", "layer3", "layer4")
+
+
+def _set_stage_stride(stage: nn.Sequential, stride: int) -> None:
+    """Set the stride of a torchvision ResNet stage (first block's strided conv + shortcut)."""
+    block = stage[0]
+    conv = block.conv2 if isinstance(block, torchvision.models.resnet.Bottleneck) else block.conv1
+    conv.stride = (stride, stride)
+    if block.downsample is not None:
+        block.downsample[0].stride = (stride, stride)
+    elif stride != 1:
+        raise ValueError("a stage without a shortcut projection cannot be strided")
+
+
+class ResNetEncoder(nn.Module):
+    """A torchvision ResNet-18/50 trunk with configurable strides, returning ``{level: map}``.
+
+    Args:
+        arch: ``"resnet18"`` or ``"resnet50"`` (paper: both).
+        variant: one of :data:`VARIANTS` (default ``"stride8"``, the STT test-time encoder).
+        input_space: ``"lab"`` (STT: normalised Lab, SPEC section 1) or ``"rgb"`` (CorrFlow:
+            RGB in [0, 1]); used by :meth:`preprocess`.
+    """
+
+    def __init__(self, arch: str = "resnet18", variant: str = "stride8", input_space: str = "lab"):
+        super().__init__()
+        if arch not in ("resnet18", "resnet50"):
+            raise ValueError(f"unknown arch {arch!r}: expected resnet18 or resnet50")
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}: expected one of {sorted(VARIANTS)}")
+        base = getattr(torchvision.models, arch)(weights=None)
+        self.arch, self.variant, self.input_space = arch, variant, input_space
+        self.conv1, self.bn1, self.relu = base.conv1, base.bn1, base.relu
+        pool = VARIANTS[variant]["stem_pool"]
+        self.maxpool = {
+            None: nn.Identity(),
+            "max": nn.MaxPool2d(3, 2, 1),
+            "avg": nn.AvgPool2d(3, 2, 1),
+        }[pool]
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            base.layer1, base.layer2, base.layer3, base.layer4,
+        )
+        for stage, stride in zip(self.stages(), VARIANTS[variant]["strides"]):
+            _set_stage_stride(stage, stride)
+        self.channels = {
+            name: (stage[-1].bn3 if hasattr(stage[-1], "bn3") else stage[-1].bn2).num_features
+            for name, stage in zip(LEVELS, self.stages())
+        }
+
+    def stages(self):
+        return (self.layer1, self.layer2, self.layer3, self.layer4)
+
+    def strides(self) -> dict[str, int]:
+        """Output stride of each level for this variant."""
+        s = 2 * (1 if isinstance(self.maxpool, nn.Identity) else 2)
+        out = {}
+        for name, stride in zip(LEVELS, VARIANTS[self.variant]["strides"]):
+            s *= stride
+            out[name] = s
+        return out
+
+    def preprocess(self, rgb: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1] (B x 3 x H x W) -> the encoder's input space."""
+        return rgb_to_normalized_lab(rgb) if self.input_space == "lab" else rgb
+
+    def forward(self, x: torch.Tensor, levels=("layer3",)) -> dict[str, torch.Tensor]:
+        """Run the trunk on preprocessed input, stopping after the deepest requested level."""
+        last = max(LEVELS.index(level) for level in levels)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # B x 64 x H/2 x W/2 (no pool)
+        out = {}
+        for i, (name, stage) in enumerate(zip(LEVELS, self.stages())):
+            x = stage(x)
+            if name in levels:
+                out[name] = x
+            if i == last:
+                break
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints: ours, torchvision's and MoCo's formats.
+# --------------------------------------------------------------------------------------------
+
+_PREFIXES = ("module.encoder_q.", "encoder_q.", "module.encoder.", "module.", "encoder.", "backbone.")
+
+
+def extract_encoder_state(obj: dict, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Find a torchvision-layout trunk state_dict inside ``obj`` (ours, MoCo or torchvision).
+
+    Accepted: ``{"encoder": sd, ...}`` (this project), ``{"state_dict": {"module.encoder_q.*"}}``
+    (MoCo v1/v2), a plain torchvision state_dict. Keys of the classifier / projection head
+    (``fc.*``) are dropped; the key-prefix is stripped.
+    """
+    if not isinstance(obj, dict):
+        raise ValueError(f"{source}: expected a dict (state_dict or checkpoint), got {type(obj).__name__}")
+    for key in ("encoder", "state_dict", "model"):
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    sd = {}
+    for k, v in obj.items():
+        if not torch.is_tensor(v):
+            continue
+        if k.startswith("module.encoder_k.") or k.startswith("encoder_k."):
+            continue  # MoCo's momentum encoder
+        for p in _PREFIXES:
+            if k.startswith(p):
+                k = k[len(p):]
+                break
+        if k.startswith("fc.") or k.startswith("head."):
+            continue
+        sd[k] = v
+    if not any(k.startswith("conv1.") for k in sd):
+        raise ValueError(
+            f"{source}: no ResNet trunk found (expected keys like 'conv1.weight', "
+            f"'module.encoder_q.conv1.weight' or 'encoder' -> {{...}}); first keys: {list(obj)[:5]}"
+        )
+    return sd
+
+
+def load_encoder_state(encoder: nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load a trunk state_dict strictly, with an error that names the file and the mismatch."""
+    own = encoder.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        lines = [f"{source}: checkpoint does not fit {getattr(encoder, 'arch', type(encoder).__name__)}"]
+        if wrong:
+            lines += [f"  {k}: checkpoint has {a}, model expects {b}" for k, a, b in wrong[:5]]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {missing[:5]}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {unexpected[:5]}")
+        raise ValueError("\n".join(lines))
+    encoder.load_state_dict(sd)
+
+
+def infer_arch(sd: dict[str, torch.Tensor]) -> str:
+    return "resnet50" if "layer1.0.conv3.weight" in sd else "resnet18"
+
+
+def file_digest(path: str | Path, n: int = 16) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:n]
+
+
+# --------------------------------------------------------------------------------------------
+# Feature models for label propagation: frames in, L2-normalisable feature maps out.
+# --------------------------------------------------------------------------------------------
+
+
+class LabPixels(nn.Module):
+    """Baseline: raw normalised Lab pixels, average-pooled like a stride-``stride`` map."""
+
+    def __init__(self, stride: int = 8):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(rgb_to_normalized_lab(rgb), self.stride, self.stride, ceil_mode=True)
+
+
+class TrunkFeatures(nn.Module):
+    """A ResNet trunk used at test time: RGB in, one level's feature map out."""
+
+    def __init__(self, encoder: ResNetEncoder, level: str = "layer3"):
+        super().__init__()
+        self.encoder, self.level = encoder, level
+        self.stride = encoder.strides()[level]
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.encoder.preprocess(rgb), levels=(self.level,))[self.level]
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """``torch.load(weights_only=True)`` with an error that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or not a torch file
+        raise ValueError(f"{path}: cannot be read as a PyTorch checkpoint ({exc})") from exc
+
+
+def build_feature_model(spec: str, variant: str = "stride8", seed: int = 0) -> tuple[nn.Module, dict]:
+    """Build a test-time feature model from a name or a checkpoint path.
+
+    ``spec`` is ``"lab"``, ``"random-r18"`` / ``"random-r50"`` (seeded torchvision init) or a
+    checkpoint path (this project's, torchvision's or MoCo's format). Returns the model (eval
+    mode) and a description dict used to key cached results.
+    """
+    stride = {"stride8": 8, "stride4": 4}.get(variant)
+    if spec == "lab":
+        return LabPixels(stride or 8).eval(), {"model": "lab", "stride": stride or 8}
+    if spec in ("random-r18", "random-r50"):
+        torch.manual_seed(seed)
+        enc = ResNetEncoder("resnet18" if spec.endswith("18") else "resnet50", variant)
+        return TrunkFeatures(enc).eval(), {"model": spec, "variant": variant, "seed": seed}
+    ckpt = load_checkpoint(spec)
+    meta = ckpt.get("meta", {}) if isinstance(ckpt, dict) else {}
+    sd = extract_encoder_state(ckpt, source=str(spec))
+    enc = ResNetEncoder(meta.get("arch", infer_arch(sd)), variant, meta.get("input", "lab"))
+    load_encoder_state(enc, sd, source=str(spec))
+    return TrunkFeatures(enc).eval(), {"model": str(Path(spec).name), "variant": variant, "file": file_digest(spec)}

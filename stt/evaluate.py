@@ -1,0 +1,201 @@
+"""Task pipelines: frames -> features -> propagated labels -> metrics, resumable per sequence.
+
+``evaluate_davis`` is what ``stt evaluate davis`` runs. Its output folder holds::
+
+    settings.json                        everything that determines the numbers
+    predictions/<seq>/%05d.png           indexed PNGs (davis2017-evaluation reads this folder)
+    sequences/<seq>.npz                  per-frame J and F of each object (the resume points)
+    global_results-val.csv               official names and columns
+    per-sequence_results-val.csv
+    timing.json                          seconds and frames per sequence
+
+A run that is interrupted resumes at the first sequence without a ``sequences/*.npz``; a run
+with different settings refuses to touch the folder (``overwrite=True`` starts it afresh).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .data import DAVIS, find_davis, resize_short_side, to_tensor
+from .encoder import build_feature_model
+from .metrics import evaluate_davis_sequence, summarize_davis, write_davis_csvs
+from .propagation import PropagationConfig, downsample_labels, propagate_video, upsample_predictions
+from .viz import davis_palette
+
+MODELS = ("identity", "lab", "random-r18", "random-r50")
+
+
+def default_cache() -> Path:
+    """``$STT_CACHE`` or ``~/.cache/stt``: where generated data (synthetic DAVIS) goes."""
+    return Path(os.environ.get("STT_CACHE", "~/.cache/stt")).expanduser()
+
+
+def resolve_davis_root(data: str | Path | None) -> tuple[Path, bool]:
+    """``"synthetic"`` -> the generated stand-in (made on first use); else a real DAVIS folder.
+
+    Returns (folder, is_synthetic)."""
+    if str(data) == "synthetic":
+        from .synthetic import make_synthetic_davis
+
+        return make_synthetic_davis(default_cache() / "synthetic-davis"), True
+    return find_davis(data), False
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def iter_features(model, frames: np.ndarray, short_side: int | None, stride: int, device, batch: int = 4) -> Iterator[torch.Tensor]:
+    """Yield the C x h x w feature map of each frame (T x H x W x 3 uint8), ``batch`` at a time."""
+    for s in range(0, len(frames), batch):
+        x = resize_short_side(to_tensor(frames[s : s + batch]), short_side, stride).to(device)
+        for f in model(x):
+            yield f
+
+
+def _write_png(path: Path, ids: np.ndarray, palette) -> None:
+    im = Image.fromarray(ids.astype(np.uint8), mode="P")
+    im.putpalette(palette)
+    im.save(path)
+
+
+def _atomic_save_npz(path: Path, **arrays) -> None:
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
+    path = out / "settings.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != settings:
+            if not overwrite:
+                diff = {k: (old.get(k), settings.get(k)) for k in set(old) | set(settings) if old.get(k) != settings.get(k)}
+                raise RuntimeError(
+                    f"{out} holds results computed with other settings {diff} (old, new); "
+                    "use another --out, or --overwrite to discard them"
+                )
+            for sub in ("predictions", "sequences"):
+                shutil.rmtree(out / sub, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True))
+
+
+def predict_sequence(model, stride: int, frames: np.ndarray, first_ids: np.ndarray, n_objects: int,
+                     short_side: int | None, cfg: PropagationConfig, device) -> Iterator[np.ndarray]:
+    """Propagate the first frame's id map through ``frames``; yields id maps of frames 1..T-1."""
+    size = first_ids.shape
+    feats = iter_features(model, frames, short_side, stride, device)
+    first = next(feats)
+    first_label = downsample_labels(torch.from_numpy(first_ids).to(device), n_objects + 1,
+                                    first.shape[-2:], cfg.first_label)
+
+    def stream():
+        yield first
+        yield from feats
+
+    with torch.no_grad():
+        for soft in propagate_video(stream(), first_label, cfg):
+            up = upsample_predictions(soft, size, cfg.minmax)
+            yield up.argmax(0).to(torch.uint8).cpu().numpy()
+
+
+def evaluate_davis(
+    data=None,
+    model: str = "random-r18",
+    out: str | Path = "runs/eval",
+    short_side: int | None = None,
+    sequences=None,
+    year=None,
+    cfg: PropagationConfig | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Label propagation on DAVIS and the official metrics; see the module docstring.
+
+    Args:
+        data: DAVIS folder or data root (default ``$STT_DATA``), or ``"synthetic"``.
+        model: ``identity``, ``lab``, ``random-r18``, ``random-r50`` or a checkpoint path.
+        short_side: resize frames to this short side (default: native, 480 on DAVIS 480p).
+        sequences: subset of sequence names (default: the whole split).
+    Returns:
+        the global results (``J&F-Mean``, ``J-Mean``, ...).
+    """
+    cfg = cfg or PropagationConfig()
+    root, synthetic = resolve_davis_root(data)
+    ds = DAVIS(root, year=year, sequences=sequences)
+    dev = pick_device(device)
+    if model == "identity":
+        net, desc, stride = None, {"model": "identity"}, 8
+    else:
+        net, desc = build_feature_model(model)
+        net, stride = net.to(dev), net.stride
+    settings = {
+        "dataset": {"root": str(Path(root).resolve()), "year": ds.year, "split": ds.split,
+                    "sequences": ds.names, "synthetic": synthetic},
+        "model": desc,
+        "short_side": short_side,
+        "propagation": cfg.as_dict() if net is not None else None,
+    }
+    out = Path(out)
+    _check_settings(out, settings, overwrite)
+    (out / "sequences").mkdir(exist_ok=True)
+    timing_path = out / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+    palette = davis_palette()
+    todo = [n for n in ds.names if not (out / "sequences" / f"{n}.npz").is_file()]
+    n_frames = {n: len(ds.sequence(n).frames) for n in todo}
+    bar = tqdm(total=sum(n_frames.values()), unit="frame", disable=not progress,
+               desc=f"{desc['model']} on DAVIS-{ds.year}")
+    for name in todo:
+        t0 = time.time()
+        bar.set_postfix_str(name)
+        frames, gt = ds.load(name)
+        n_obj = int(gt[0].max())
+        pred_dir = out / "predictions" / name
+        pred_dir.mkdir(parents=True, exist_ok=True)
+        stems = [p.stem for p in ds.sequence(name).frames]
+        _write_png(pred_dir / f"{stems[0]}.png", gt[0], palette)
+        bar.update(1)
+        preds = [gt[0]]
+        if net is None:
+            it = (gt[0] for _ in range(len(frames) - 1))
+        else:
+            it = predict_sequence(net, stride, frames, gt[0], n_obj, short_side, cfg, dev)
+        for stem, ids in zip(stems[1:], it):
+            _write_png(pred_dir / f"{stem}.png", ids, palette)
+            preds.append(ids)
+            bar.update(1)
+        res = evaluate_davis_sequence(gt, np.stack(preds), n_obj)
+        _atomic_save_npz(out / "sequences" / f"{name}.npz", J=res["J"], F=res["F"], objects=res["objects"])
+        timing[name] = {"seconds": round(time.time() - t0, 3), "frames": len(frames)}
+        _atomic_write_text(timing_path, json.dumps(timing, indent=2))
+    bar.close()
+    per_seq = {}
+    for name in ds.names:
+        z = np.load(out / "sequences" / f"{name}.npz")
+        per_seq[name] = {"J": z["J"], "F": z["F"], "objects": int(z["objects"])}
+    global_res, rows = summarize_davis(per_seq)
+    write_davis_csvs(out, global_res, rows, ds.split)
+    return global_res

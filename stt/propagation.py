@@ -1,0 +1,160 @@
+"""Label propagation (SPEC section 5): the inference protocol shared by every model.
+
+For query frame t, with L2-normalised features ``f``::
+
+    context   = {frame 0 with its ground-truth labels} + {frames t-n .. t-1 with predicted soft labels}
+    A[q, p]   = <f_t(q), f_c(p)> / tau           for p in the window of q (radius r, per frame)
+    keep the top-k of A[q, .] over all context positions jointly
+    y_t(q)    = sum_{p in top-k} softmax(A[q, .])_p * y_c(p)
+
+Labels live on the feature grid (K channels: background + objects, or joints, or parts).
+Predictions are upsampled bilinearly to the frame size, optionally min-max normalised per
+channel [VFS/STT], then argmax'ed.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .affinity import WINDOWS, global_topk, windowed_topk
+
+
+@dataclass
+class PropagationConfig:
+    """Protocol options; the defaults follow STT's official evaluation on DAVIS.
+
+    Attributes:
+        topk: affinities kept per query over the whole context [10].
+        context: n, the number of previous frames in the context [20].
+        radius: window radius in feature cells [DAVIS: 12 at /8; JHMDB 5; VIP 16].
+        temperature: tau [0.07 STT/VFS; CRW uses 0.05 on DAVIS].
+        window: "square" (|dy|, |dx| <= r) [STT] or "circle" (dist < r) [CRW].
+        radius_first_frame: apply the window to frame 0 too [VFS/STT: yes; CRW: no].
+        first_label: "nearest" (nearest-neighbour downsampling then one-hot) [VFS/STT] or
+            "bilinear" (antialiased bilinear downsampling of the one-hot map, soft) [CRW].
+        minmax: per-channel min-max normalisation of the upsampled prediction [VFS/STT: on].
+    """
+
+    topk: int = 10
+    context: int = 20
+    radius: float = 12
+    temperature: float = 0.07
+    window: str = "square"
+    radius_first_frame: bool = True
+    first_label: str = "nearest"
+    minmax: bool = True
+
+    def __post_init__(self):
+        if self.window not in WINDOWS:
+            raise ValueError(f"window must be one of {WINDOWS}, got {self.window!r}")
+        if self.first_label not in ("nearest", "bilinear"):
+            raise ValueError(f"first_label must be 'nearest' or 'bilinear', got {self.first_label!r}")
+        if self.topk < 1 or self.context < 0 or self.temperature <= 0 or self.radius <= 0:
+            raise ValueError(f"invalid propagation settings: {self}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def normalize_features(feats: torch.Tensor) -> torch.Tensor:
+    """L2-normalise every pixel's feature vector (channel dim -3)."""
+    return F.normalize(feats, dim=-3)
+
+
+def propagate_frame(
+    query: torch.Tensor,
+    first_feat: torch.Tensor,
+    first_label: torch.Tensor,
+    prev_feats: torch.Tensor | None,
+    prev_labels: torch.Tensor | None,
+    cfg: PropagationConfig,
+) -> torch.Tensor:
+    """One step of SPEC section 5.
+
+    Args:
+        query: C x h x w normalised features of frame t.
+        first_feat, first_label: C x h x w and K x h x w (frame 0).
+        prev_feats, prev_labels: n x C x h x w and n x K x h x w (frames t-n..t-1), or None.
+
+    Returns:
+        K x h x w soft labels of frame t.
+    """
+    K, h, w = first_label.shape
+    if first_feat.shape[-2:] != query.shape[-2:] or first_label.shape[-2:] != query.shape[-2:]:
+        raise ValueError(
+            f"feature/label grids differ: query {tuple(query.shape)}, first frame "
+            f"{tuple(first_feat.shape)}, labels {tuple(first_label.shape)}"
+        )
+    kw = dict(k=cfg.topk, radius=cfg.radius, shape=cfg.window)
+    if cfg.radius_first_frame:
+        feats = first_feat[None] if prev_feats is None else torch.cat([first_feat[None], prev_feats])
+        labels = first_label[None] if prev_labels is None else torch.cat([first_label[None], prev_labels])
+        vals, idx = windowed_topk(query, feats, **kw)  # HW x k
+    else:  # global top-k in frame 0, windowed in the previous frames, merged
+        vals, idx = global_topk(query, first_feat[None], cfg.topk)
+        labels = first_label[None]
+        if prev_feats is not None and len(prev_feats):
+            pv, pi = windowed_topk(query, prev_feats, **kw)
+            vals, j = torch.cat([vals, pv], 1).topk(min(cfg.topk, vals.shape[1] + pv.shape[1]), dim=1)
+            idx = torch.gather(torch.cat([idx, pi + h * w], 1), 1, j)
+            labels = torch.cat([labels, prev_labels])
+    weights = torch.softmax(vals / cfg.temperature, dim=1)  # HW x k
+    flat_labels = labels.permute(0, 2, 3, 1).reshape(-1, K)  # N HW x K
+    out = torch.einsum("qk,qkc->qc", weights, flat_labels[idx])  # HW x K
+    return out.t().reshape(K, h, w)
+
+
+def downsample_labels(ids: torch.Tensor, n_labels: int, size: tuple[int, int], mode: str = "nearest") -> torch.Tensor:
+    """Integer label map (H x W, values 0..K-1) -> K x h x w label map on the feature grid.
+
+    ``nearest``: nearest-neighbour (pixel-centre) downsampling, then one-hot [VFS/STT].
+    ``bilinear``: one-hot at full resolution, then antialiased bilinear resize (soft) [CRW].
+    """
+    if mode == "nearest":
+        small = F.interpolate(ids[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
+        return F.one_hot(small, n_labels).permute(2, 0, 1).float()
+    onehot = F.one_hot(ids.long(), n_labels).permute(2, 0, 1).float()
+    return F.interpolate(onehot[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def upsample_predictions(labels: torch.Tensor, size: tuple[int, int], minmax: bool = True) -> torch.Tensor:
+    """K x h x w soft labels -> K x H x W (bilinear), min-max normalised per channel if asked."""
+    up = F.interpolate(labels[None], size=size, mode="bilinear", align_corners=False)[0]
+    if minmax:
+        lo = up.flatten(1).min(1).values.view(-1, 1, 1)
+        hi = up.flatten(1).max(1).values.view(-1, 1, 1)
+        up = (up - lo) / (hi - lo).clamp(min=1e-12)
+    return up
+
+
+def propagate_video(
+    features: Iterable[torch.Tensor], first_label: torch.Tensor, cfg: PropagationConfig
+) -> Iterator[torch.Tensor]:
+    """Propagate ``first_label`` (K x h x w) through a stream of feature maps (C x h x w each).
+
+    Yields the soft labels of frames 1, 2, ... in order. Features are normalised here; only the
+    last ``cfg.context`` frames are kept in memory.
+    """
+    it = iter(features)
+    first = normalize_features(next(it))
+    queue_f: deque[torch.Tensor] = deque(maxlen=max(cfg.context, 1))
+    queue_l: deque[torch.Tensor] = deque(maxlen=max(cfg.context, 1))
+    for feat in it:
+        feat = normalize_features(feat)
+        use_prev = cfg.context > 0 and len(queue_f) > 0
+        pred = propagate_frame(
+            feat,
+            first,
+            first_label,
+            torch.stack(tuple(queue_f)) if use_prev else None,
+            torch.stack(tuple(queue_l)) if use_prev else None,
+            cfg,
+        )
+        if cfg.context > 0:
+            queue_f.append(feat)
+            queue_l.append(pred)
+        yield pred

@@ -1,0 +1,115 @@
+"""A procedural, seeded stand-in for DAVIS when no real dataset is reachable.
+
+Textured objects (random star-shaped outlines, their own textures) move, rotate and scale
+over a textured background seen by a panning camera; masks are exact because they come from
+the same rendering. :func:`make_synthetic_davis` writes the result in the DAVIS-2017 layout
+(JPEG frames, indexed-palette PNG masks, ``ImageSets/2017/val.txt``), so everything downstream
+reads it with the same :class:`stt.data.DAVIS` reader as the real thing.
+
+It is a smoke-test dataset: numbers on it say that the pipeline runs, not how good a model is.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .viz import davis_palette
+
+
+def _texture(gen: torch.Generator, h: int, w: int, octaves: int = 4) -> torch.Tensor:
+    """3 x h x w band-limited coloured noise in [0, 1]."""
+    out = torch.zeros(3, h, w)
+    for o in range(octaves):
+        gh, gw = max(2, h >> (octaves - o + 1)), max(2, w >> (octaves - o + 1))
+        noise = torch.rand(1, 3, gh, gw, generator=gen)
+        out += F.interpolate(noise, size=(h, w), mode="bicubic", align_corners=False)[0] / (1.6**o)
+    out -= out.amin(dim=(1, 2), keepdim=True)
+    out /= out.amax(dim=(1, 2), keepdim=True).clamp(min=1e-6)
+    # Tint with a random palette so objects and background differ in colour statistics.
+    tint = torch.rand(3, 1, 1, generator=gen) * 0.7 + 0.3
+    base = torch.rand(3, 1, 1, generator=gen) * 0.3
+    stripes = 0.15 * torch.sin(torch.linspace(0, 6 * math.pi * torch.rand(1, generator=gen).item() + 2, w))
+    return (base + tint * out + stripes.view(1, 1, w)).clamp(0, 1)
+
+
+def render_sequence(seed: int, n_frames: int = 24, size=(240, 432), n_objects: int | None = None):
+    """Render one sequence. Returns frames (T x H x W x 3 uint8) and masks (T x H x W uint8)."""
+    gen = torch.Generator().manual_seed(seed)
+    H, W = size
+    rnd = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
+    n_obj = n_objects or int(torch.randint(1, 4, (1,), generator=gen))
+    margin = max(H, W) // 4
+    bg = _texture(gen, H + 2 * margin, W + 2 * margin)
+    pan = (rnd(2) - 0.5) * 2 * margin / max(n_frames - 1, 1)  # pixels per frame (y, x)
+    objs = []
+    for _ in range(n_obj):
+        objs.append(dict(
+            tex=_texture(gen, 128, 128),
+            radius=float(min(H, W) * (0.12 + 0.12 * rnd(1))),
+            harm=(rnd(4) - 0.5) * 0.5,  # outline harmonics
+            phase=rnd(4) * 2 * math.pi,
+            start=torch.stack([H * (0.25 + 0.5 * rnd(1)), W * (0.2 + 0.6 * rnd(1))]).view(2),
+            vel=(rnd(2) - 0.5) * torch.tensor([H, W]) * 0.5 / max(n_frames, 1),
+            spin=float((rnd(1) - 0.5) * 0.08),
+            wobble=float(rnd(1) * 0.15),
+        ))
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+    frames, masks = [], []
+    for t in range(n_frames):
+        oy = int(round(margin + float(pan[0]) * t))
+        ox = int(round(margin + float(pan[1]) * t))
+        img = bg[:, oy : oy + H, ox : ox + W].clone()
+        mask = torch.zeros(H, W, dtype=torch.uint8)
+        for i, o in enumerate(objs, start=1):
+            c = o["start"] + o["vel"] * t
+            c = torch.stack([c[0].clamp(0, H - 1), c[1].clamp(0, W - 1)])
+            ang = o["spin"] * t
+            scale = 1.0 + o["wobble"] * math.sin(0.3 * t)
+            dy, dx = ys - c[0], xs - c[1]
+            # Object coordinates: rotate back and scale.
+            u = (math.cos(ang) * dx + math.sin(ang) * dy) / scale
+            v = (-math.sin(ang) * dx + math.cos(ang) * dy) / scale
+            theta = torch.atan2(v, u)
+            rad = o["radius"] * (1 + sum(o["harm"][k] * torch.cos((k + 2) * theta + o["phase"][k]) for k in range(4)))
+            inside = (u * u + v * v).sqrt() <= rad
+            grid = torch.stack([u / (2 * o["radius"]), v / (2 * o["radius"])], -1)[None]
+            tex = F.grid_sample(o["tex"][None], grid, mode="bilinear", padding_mode="reflection", align_corners=False)[0]
+            img = torch.where(inside[None], tex, img)
+            mask[inside] = i
+        frames.append((img.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+        masks.append(mask.numpy())
+    return np.stack(frames), np.stack(masks)
+
+
+def make_synthetic_davis(
+    root: str | Path, n_sequences: int = 4, n_frames: int = 24, size=(240, 432), seed: int = 0
+) -> Path:
+    """Write (or reuse) a synthetic DAVIS-2017-layout dataset under ``root``; returns ``root``.
+
+    Reuses what is there when the same settings were written before (``SETTINGS`` file).
+    """
+    root = Path(root)
+    settings = f"n_sequences={n_sequences} n_frames={n_frames} size={tuple(size)} seed={seed}\n"
+    stamp = root / "SETTINGS"
+    if stamp.is_file() and stamp.read_text() == settings:
+        return root
+    names = [f"synth-{seed:03d}-{i:02d}" for i in range(n_sequences)]
+    palette = davis_palette()
+    for i, name in enumerate(names):
+        frames, masks = render_sequence(seed * 1000 + i, n_frames, size)
+        (root / "JPEGImages" / "480p" / name).mkdir(parents=True, exist_ok=True)
+        (root / "Annotations" / "480p" / name).mkdir(parents=True, exist_ok=True)
+        for t, (f, m) in enumerate(zip(frames, masks)):
+            Image.fromarray(f).save(root / "JPEGImages" / "480p" / name / f"{t:05d}.jpg", quality=95)
+            im = Image.fromarray(m, mode="P")
+            im.putpalette(palette)
+            im.save(root / "Annotations" / "480p" / name / f"{t:05d}.png")
+    (root / "ImageSets" / "2017").mkdir(parents=True, exist_ok=True)
+    (root / "ImageSets" / "2017" / "val.txt").write_text("\n".join(names) + "\n")
+    stamp.write_text(settings)
+    return root

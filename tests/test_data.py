@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import write_davis
+from stt.data import DAVIS, find_davis, read_mask, resize_short_side
+
+
+def _seq(T=3, H=24, W=32, n_obj=2, seed=0):
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 255, (T, H, W, 3), dtype=np.uint8)
+    masks = np.zeros((T, H, W), np.uint8)
+    for i in range(1, n_obj + 1):
+        masks[:, 4 * i : 4 * i + 4, 5 * i : 5 * i + 6] = i
+    return frames, masks
+
+
+def test_real_davis2016_layout(davis2016_root):
+    ds = DAVIS(davis2016_root)
+    assert ds.year == "2016" and len(ds) == 15 and ds.names[0] == "blackswan"
+    frames, masks = ds.load("car-shadow")
+    assert frames.shape == (40, 480, 854, 3) and masks.shape == (40, 480, 854)
+    assert set(np.unique(masks)) == {0, 1}  # 0/255 greyscale -> one object with id 1
+    assert sum(len(ds.sequence(n).frames) for n in ds) == 1038
+
+
+def test_davis2017_palette_with_void(tmp_path):
+    frames, masks = _seq()
+    masks[0, 0, 0] = 255  # void
+    write_davis(tmp_path, {"seq": (frames, masks)})
+    ds = DAVIS(tmp_path)
+    assert ds.year == "2017"
+    f, m = ds.load("seq")
+    assert m[0, 0, 0] == 0 and m.max() == 2 and f.shape == (3, 24, 32, 3)
+
+
+def test_davis2016_binary_written_by_us(tmp_path):
+    frames, masks = _seq(n_obj=1)
+    write_davis(tmp_path, {"seq": (frames, masks)}, year="2016", binary=True)
+    _, m = DAVIS(tmp_path).load("seq")
+    assert set(np.unique(m)) == {0, 1}
+
+
+def test_find_davis_looks_in_children_and_explains(tmp_path):
+    frames, masks = _seq()
+    write_davis(tmp_path / "DAVIS", {"s": (frames, masks)})
+    assert find_davis(tmp_path) == tmp_path / "DAVIS"
+    with pytest.raises(FileNotFoundError, match="no DAVIS dataset under"):
+        find_davis(tmp_path / "elsewhere")
+
+
+def test_sequence_subset_and_unknown_name(tmp_path):
+    frames, masks = _seq()
+    write_davis(tmp_path, {"a": (frames, masks), "b": (frames, masks)})
+    assert DAVIS(tmp_path, sequences=["b"]).names == ["b"]
+    with pytest.raises(ValueError, match=r"\['zzz'\]"):
+        DAVIS(tmp_path, sequences=["zzz"])
+
+
+def test_frame_without_mask_names_the_file(tmp_path):
+    frames, masks = _seq()
+    write_davis(tmp_path, {"s": (frames, masks)})
+    (tmp_path / "Annotations/480p/s/00001.png").unlink()
+    with pytest.raises(FileNotFoundError, match="00001.png"):
+        DAVIS(tmp_path).load("s")
+
+
+def test_size_mismatch_names_the_file(tmp_path):
+    frames, masks = _seq()
+    write_davis(tmp_path, {"s": (frames, masks)})
+    Image.fromarray(np.zeros((10, 10), np.uint8), mode="P").save(tmp_path / "Annotations/480p/s/00002.png")
+    with pytest.raises(ValueError, match=r"00002.png: mask is 10x10 but its frame .*00002.jpg is 32x24"):
+        DAVIS(tmp_path).load("s")
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    frames, masks = _seq()
+    write_davis(tmp_path, {"s": (frames, masks)})
+    (tmp_path / "JPEGImages/480p/s/00001.jpg").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="00001.jpg: unreadable image"):
+        DAVIS(tmp_path).load("s")
+
+
+def test_missing_sequence_list(tmp_path):
+    frames, masks = _seq()
+    write_davis(tmp_path, {"s": (frames, masks)})
+    with pytest.raises(FileNotFoundError, match="train.txt"):
+        DAVIS(tmp_path, split="train")
+
+
+def test_rgb_mask_is_rejected(tmp_path):
+    p = tmp_path / "m.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(p)
+    with pytest.raises(ValueError, match="single-channel"):
+        read_mask(p)
+
+
+def test_resize_short_side_multiples_of_stride():
+    x = torch.rand(2, 3, 480, 854)
+    y = resize_short_side(x, 240, 8)
+    assert y.shape == (2, 3, 240, 424)  # 427 -> nearest multiple of 8
+    assert resize_short_side(x, None, 2) is x
+    assert resize_short_side(torch.rand(1, 3, 854, 480), 240, 8).shape[-2:] == (424, 240)
+
+
+def test_synthetic_dataset_is_seeded_and_has_exact_masks(tmp_path):
+    from stt.synthetic import make_synthetic_davis, render_sequence
+
+    f1, m1 = render_sequence(7, n_frames=4, size=(48, 64))
+    f2, m2 = render_sequence(7, n_frames=4, size=(48, 64))
+    assert np.array_equal(f1, f2) and np.array_equal(m1, m2)
+    assert m1.max() >= 1 and (m1 > 0).mean() < 0.9
+    root = make_synthetic_davis(tmp_path, n_sequences=2, n_frames=4, size=(48, 64), seed=1)
+    ds = DAVIS(root)
+    f, m = ds.load(ds.names[0])
+    assert f.shape == (4, 48, 64, 3) and m.max() >= 1
