@@ -178,3 +178,4 @@ class DAVIS:
                 raise ValueError(f"{mp}: mask is {m.shape[1]}x{m.shape[0]} but its frame {fp} is "
                                  f"{f.shape[1]}x{f.shape[0]}")
         return np.stack(frames), np.stack(masks)
+

@@ -49,10 +49,24 @@ def figure_dir() -> Path:
     return Path(os.environ.get("STT_FIGURES", "figures-out"))
 
 
-def save_figure(fig, name: str, out_dir: str | Path | None = None, dpi: int = 110) -> Path:
-    """Save a matplotlib figure as ``<out_dir>/<name>.png`` (the one place figures are written)."""
+def save_figure(fig, name: str, out_dir: str | Path | None = None, dpi: int = 110, max_kb: int = 300) -> Path:
+    """Save a matplotlib figure as ``<out_dir>/<name>.png`` (the one place figures are written).
+
+    Figures over ``max_kb`` (photographs) are re-saved with a 256-colour palette to stay small."""
     out = Path(out_dir) if out_dir is not None else figure_dir()
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.png"
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return shrink_png(path, max_kb)
+
+
+def shrink_png(path: str | Path, max_kb: int = 300) -> Path:
+    """Re-save a PNG over ``max_kb`` with a 256-colour palette (photographs stay readable)."""
+    from PIL import Image
+
+    path = Path(path)
+    if path.stat().st_size > max_kb * 1024:
+        with Image.open(path) as im:
+            small = im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+        small.save(path, optimize=True)
     return path

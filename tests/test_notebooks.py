@@ -1,0 +1,54 @@
+"""Notebook hygiene: paired and in sync, no outputs, a kernelspec, one parameters cell whose
+defaults are the `small` parameter set, and parameter files that only name declared parameters.
+(The notebooks themselves run at `smoke` scale under nbval in `make test`.)"""
+import json
+from pathlib import Path
+
+import jupytext
+import papermill
+import pytest
+import yaml
+
+NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+SOURCES = sorted(NB_DIR.glob("[0-9][0-9]_*.py"))
+
+
+def test_there_are_notebooks():
+    assert SOURCES, "no notebooks/NN_*.py found"
+
+
+@pytest.mark.parametrize("py", SOURCES, ids=lambda p: p.stem)
+def test_pair_in_sync_without_outputs(py):
+    ipynb = py.with_suffix(".ipynb")
+    assert ipynb.is_file(), f"{ipynb.name} missing: run `jupytext --sync {py}`"
+    a, b = jupytext.read(py), jupytext.read(ipynb)
+    cells = lambda nb: [(c.cell_type, c.source.strip()) for c in nb.cells]  # noqa: E731
+    assert cells(a) == cells(b), f"{py.name} and {ipynb.name} differ: run `jupytext --sync {py}`"
+    raw = json.loads(ipynb.read_text())
+    assert raw["metadata"]["kernelspec"]["name"] == "python3"
+    assert not any(c.get("outputs") for c in raw["cells"]), f"{ipynb.name} is committed with outputs"
+    assert not any(c.get("execution_count") for c in raw["cells"] if c["cell_type"] == "code")
+
+
+@pytest.mark.parametrize("py", SOURCES, ids=lambda p: p.stem)
+def test_parameters_cell_defaults_are_the_small_set(py):
+    nb = jupytext.read(py)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    declared = papermill.inspect_notebook(str(py.with_suffix(".ipynb")))
+    small = yaml.safe_load((NB_DIR / "params" / "small.yaml").read_text())
+    expected = {**small.get("common", {}), **small.get(py.stem, {})}
+    for name, value in expected.items():
+        if name in declared:
+            assert declared[name]["default"] == repr(value) or yaml.safe_load(declared[name]["default"]) == value, (
+                f"{py.name}: default {name} = {declared[name]['default']} but small.yaml says {value!r}")
+
+
+@pytest.mark.parametrize("scale", ["smoke", "small", "full"])
+def test_parameter_files_name_declared_parameters(scale):
+    params = yaml.safe_load((NB_DIR / "params" / f"{scale}.yaml").read_text())
+    for py in SOURCES:
+        declared = papermill.inspect_notebook(str(py.with_suffix(".ipynb")))
+        unknown = set(params.get(py.stem) or {}) - set(declared)
+        assert not unknown, f"{scale}.yaml sets {unknown} for {py.stem}, which does not declare them"
+        assert py.stem in params, f"{scale}.yaml has no section for {py.stem}"
