@@ -169,3 +169,125 @@ def dense_topk_reference(
     mask = dense_window_mask(h, w, radius, shape).to(query.device).repeat(1, N)  # HW x N HW
     aff = aff.masked_fill(~mask, float("-inf"))
     return aff.topk(min(k, aff.shape[1]), dim=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Training: differentiable local correlation in a square window (STT step 2, CorrFlow).
+# --------------------------------------------------------------------------------------------
+
+
+class _LocalWindow:
+    """Tile bookkeeping for a (2R+1)^2 window on a B x C x H x W map (square windows only)."""
+
+    def __init__(self, h: int, w: int, R: int, tile: int, device):
+        T, P, D = tile, tile + 2 * R, 2 * R + 1
+        self.h, self.w, self.R, self.T, self.P, self.D = h, w, R, T, P, D
+        self.nty, self.ntx = math.ceil(h / T), math.ceil(w / T)
+        q = torch.arange(T * T, device=device)
+        d = torch.arange(D * D, device=device)
+        qy, qx, dy, dx = (q // T)[:, None], (q % T)[:, None], (d // D)[None], (d % D)[None]
+        self.index = (qy + dy) * P + (qx + dx)  # T^2 x D^2: window entry -> patch entry
+        ty = torch.arange(self.nty, device=device).view(1, -1, 1, 1)
+        tx = torch.arange(self.ntx, device=device).view(-1, 1, 1, 1)
+        gy = ty * T + qy[None, None] + dy[None, None] - R  # ntx x nty x T^2 x D^2
+        gx = tx * T + qx[None, None] + dx[None, None] - R
+        self.valid = (gy >= 0) & (gy < h) & (gx >= 0) & (gx < w)
+
+    def tiles(self, x: torch.Tensor) -> torch.Tensor:
+        """B x C x H x W -> B x ntx x nty x T^2 x C."""
+        B, C, T = x.shape[0], x.shape[1], self.T
+        x = F.pad(x, (0, self.ntx * T - self.w, 0, self.nty * T - self.h))
+        x = x.view(B, C, self.nty, T, self.ntx, T).permute(0, 4, 2, 3, 5, 1)
+        return x.reshape(B, self.ntx, self.nty, T * T, C)
+
+    def untile(self, x: torch.Tensor) -> torch.Tensor:
+        """B x ntx x nty x T^2 x K -> B x H x W x K."""
+        B, T, K = x.shape[0], self.T, x.shape[-1]
+        x = x.view(B, self.ntx, self.nty, T, T, K).permute(0, 2, 3, 1, 4, 5)
+        return x.reshape(B, self.nty * T, self.ntx * T, K)[:, : self.h, : self.w]
+
+    def padded_keys(self, x: torch.Tensor) -> torch.Tensor:
+        """B x C x H x W -> B x Hp x Wp x C, zero-padded by R (and up to whole tiles)."""
+        R, T = self.R, self.T
+        return F.pad(x, (R, R + self.ntx * T - self.w, R, R + self.nty * T - self.h)).permute(0, 2, 3, 1)
+
+    def patches(self, keys_p: torch.Tensor, tx: int) -> torch.Tensor:
+        """The key patches of tile column ``tx``: B x nty x P^2 x C (a copy)."""
+        B, Hp, _, C = keys_p.shape
+        P, T = self.P, self.T
+        slab = keys_p[:, :, tx * T : tx * T + P].contiguous()  # B x Hp x P x C
+        return slab.as_strided((B, self.nty, P * P, C), (Hp * P * C, T * P * C, C, 1))
+
+
+class _LocalCorrelation(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tar, ref, R: int, tile: int):
+        B, C, h, w = tar.shape
+        geo = _LocalWindow(h, w, R, tile, tar.device)
+        qt, kp = geo.tiles(tar), geo.padded_keys(ref)
+        out = tar.new_empty(B, geo.ntx, geo.nty, geo.T**2, geo.D**2)
+        idx = geo.index.expand(B, geo.nty, -1, -1)
+        for tx in range(geo.ntx):
+            corr = qt[:, tx] @ geo.patches(kp, tx).transpose(-1, -2)  # B x nty x T^2 x P^2
+            out[:, tx] = torch.gather(corr, -1, idx)
+        out.masked_fill_(~geo.valid, float("-inf"))
+        ctx.save_for_backward(tar, ref)
+        ctx.geo = geo
+        return geo.untile(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        tar, ref = ctx.saved_tensors
+        geo = ctx.geo
+        B, C = tar.shape[:2]
+        T, P = geo.T, geo.P
+        g = geo.tiles(grad.permute(0, 3, 1, 2)).masked_fill(~geo.valid, 0.0)  # B x ntx x nty x T^2 x D^2
+        qt, kp = geo.tiles(tar), geo.padded_keys(ref)
+        dq = torch.empty_like(qt)
+        dk = torch.zeros_like(kp)  # B x Hp x Wp x C
+        idx = geo.index.expand(B, geo.nty, -1, -1)
+        for tx in range(geo.ntx):
+            dcorr = g.new_zeros(B, geo.nty, T * T, P * P).scatter_(-1, idx, g[:, tx])
+            dq[:, tx] = dcorr @ geo.patches(kp, tx)
+            dpatch = (dcorr.transpose(-1, -2) @ qt[:, tx]).view(B, geo.nty, P, P, C)
+            for ty in range(geo.nty):
+                dk[:, ty * T : ty * T + P, tx * T : tx * T + P] += dpatch[:, ty]
+        dtar = geo.untile(dq).permute(0, 3, 1, 2)
+        dref = dk[:, geo.R : geo.R + geo.h, geo.R : geo.R + geo.w].permute(0, 3, 1, 2)
+        return dtar.contiguous(), dref.contiguous(), None, None
+
+
+def local_correlation(tar: torch.Tensor, ref: torch.Tensor, radius: int, tile: int = 8) -> torch.Tensor:
+    """``<tar(q), ref(q + d)>`` for every displacement ``d`` in the square window ``|d| <= R``.
+
+    Args:
+        tar, ref: B x C x H x W.
+    Returns:
+        B x H x W x (2R+1)^2, displacements in row-major (dy, dx) order from (-R, -R); entries
+        whose ``q + d`` falls outside the map are ``-inf``. Differentiable; memory O(B HW R^2),
+        never O(B (HW)^2).
+    """
+    return _LocalCorrelation.apply(tar, ref, int(radius), tile)
+
+
+def window_values(y: torch.Tensor, radius: int) -> torch.Tensor:
+    """``y(q + d)`` for every window displacement: B x K x H x W -> B x H x W x (2R+1)^2 x K (0 outside)."""
+    B, K, h, w = y.shape
+    D = 2 * radius + 1
+    u = F.unfold(y, kernel_size=D, padding=radius)  # B x K D^2 x HW
+    return u.view(B, K, D * D, h, w).permute(0, 3, 4, 2, 1)
+
+
+def dense_local_correlation_reference(tar: torch.Tensor, ref: torch.Tensor, radius: int) -> torch.Tensor:
+    """Same as :func:`local_correlation` through the dense B x HW x HW correlation. For tests."""
+    B, C, h, w = tar.shape
+    dense = torch.einsum("bcq,bcp->bqp", tar.flatten(2), ref.flatten(2))  # B x HW x HW
+    D = 2 * radius + 1
+    d = torch.arange(D * D, device=tar.device)
+    q = torch.arange(h * w, device=tar.device)
+    py = (q // w)[:, None] + (d // D)[None] - radius
+    px = (q % w)[:, None] + (d % D)[None] - radius
+    valid = (py >= 0) & (py < h) & (px >= 0) & (px < w)
+    p = (py.clamp(0, h - 1) * w + px.clamp(0, w - 1)).expand(B, -1, -1)
+    out = torch.gather(dense, 2, p).masked_fill(~valid, float("-inf"))
+    return out.view(B, h, w, D * D)

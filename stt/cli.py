@@ -38,11 +38,89 @@ def cmd_evaluate_davis(a) -> int:
     res = evaluate_davis(
         data=a.data, model=a.model, out=a.out, short_side=a.short_side,
         sequences=a.sequences.split(",") if a.sequences else None, year=a.year,
-        cfg=_propagation_config(a), device=a.device, overwrite=a.overwrite,
+        cfg=_propagation_config(a), device=a.device, overwrite=a.overwrite, protocol=a.protocol,
     )
     _print_table(res, ["J&F-Mean", "J-Mean", "F-Mean"])
     print(f"results: {a.out}/global_results-val.csv, {a.out}/per-sequence_results-val.csv")
     return 0
+
+
+def cmd_train_spatial(a) -> int:
+    from .recipes import train_spatial
+
+    ck = train_spatial(a.data, a.out, a.config, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                       image_size=a.image_size, queue_size=a.queue_size, arch=a.arch, device=a.device,
+                       num_workers=a.workers, seed=a.seed, max_videos=a.max_videos, sync_bn=a.sync_bn or None)
+    print(f"checkpoint: {ck}")
+    return 0
+
+
+def cmd_train_temporal(a) -> int:
+    from .recipes import train_temporal
+
+    keep = None if a.lcd_threshold == "none" else (float(a.lcd_threshold) if a.lcd_threshold else None)
+    kw = dict(steps=a.steps, batch_size=a.batch_size, lr=a.lr, image_size=a.image_size, arch=a.arch, device=a.device,
+              num_workers=a.workers, seed=a.seed, max_videos=a.max_videos, sync_bn=a.sync_bn or None)
+    if a.temporal_only:
+        kw.update(gcd=False)
+    if a.no_pyramid:
+        kw.update(pyramid=False)
+    if a.no_lcd:
+        kw.update(lcd=False)
+    if a.no_gcd:
+        kw.update(gcd=False)
+    if a.lcd_threshold:
+        kw["lcd_keep"] = keep
+    init = None if a.temporal_only else a.init
+    ck = train_temporal(a.data, a.out, a.config, init=init, teacher=a.teacher, **kw)
+    print(f"checkpoint: {ck}")
+    return 0
+
+
+def cmd_train_corrflow(a) -> int:
+    from .recipes import train_corrflow
+
+    kw = dict(steps=a.steps, batch_size=a.batch_size, lr=a.lr, image_size=a.image_size, device=a.device,
+              num_workers=a.workers, seed=a.seed, max_videos=a.max_videos, sync_bn=a.sync_bn or None)
+    if a.no_bottleneck:
+        kw["bottleneck"] = False
+    if a.no_scheduled_sampling:
+        kw["scheduled_sampling"] = False
+    if a.no_cycles:
+        kw["cycles"] = False
+    ck = train_corrflow(a.data, a.out, a.config, centroids=a.centroids, **kw)
+    print(f"checkpoint: {ck}")
+    return 0
+
+
+def cmd_color_clusters(a) -> int:
+    import torch
+
+    from .data import VideoFrames, data_root
+    from .recipes import cache_dir, color_clusters
+
+    videos = VideoFrames(a.data or data_root() / "videos", cache_dir() / "frames", a.fps, 256, a.max_videos)
+    c = color_clusters(videos, a.k, a.frames, a.seed)
+    torch.save(c, a.out)
+    print(f"{a.k} (a, b) centroids from {a.frames} frames -> {a.out}")
+    for i, (ca, cb) in enumerate(c.tolist()):
+        print(f"  {i:2d}: a {ca:7.2f}  b {cb:7.2f}")
+    return 0
+
+
+def _add_train_args(t: argparse.ArgumentParser) -> None:
+    t.add_argument("--data", default=None, help="videos / frame folders / image folder [$STT_DATA/videos]")
+    t.add_argument("--out", required=True, help="output folder (checkpoint.pth, train_log.jsonl; resumes)")
+    t.add_argument("--config", default="small", choices=("smoke", "small", "full"), help="preset [small]")
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None, help="global batch (split across torchrun processes)")
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--arch", default=None, choices=("resnet18", "resnet50"))
+    t.add_argument("--device", default=None, help="cpu | cuda | auto")
+    t.add_argument("--workers", type=int, default=None, help="data-loading processes")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--max-videos", type=int, default=None, help="use only the first N videos")
+    t.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun")
 
 
 def cmd_download(a) -> int:
@@ -69,8 +147,50 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--year", default=None, choices=("2016", "2017"), help="ImageSets year [detected]")
     d.add_argument("--device", default="auto", help="cpu | cuda | auto [auto]")
     d.add_argument("--overwrite", action="store_true", help="discard results in --out computed with other settings")
+    d.add_argument("--protocol", choices=("common", "corrflow"), default="common",
+                   help="common: SPEC section 5 for every model; corrflow: CorrFlow's own (previous frame, hard labels)")
     _add_propagation_args(d, PropagationConfig())
     d.set_defaults(func=cmd_evaluate_davis)
+
+    tr = sub.add_parser("train", help="train a model (single process, or under torchrun for DDP)")
+    trs = tr.add_subparsers(dest="recipe", required=True)
+    sp = trs.add_parser("spatial", help="STT step 1: MoCo v2 on still images")
+    _add_train_args(sp)
+    sp.add_argument("--image-size", type=int, default=None)
+    sp.add_argument("--queue-size", type=int, default=None)
+    sp.set_defaults(func=cmd_train_spatial)
+
+    tp = trs.add_parser("temporal", help="STT step 2: reconstruction + GCD + LCD on video frame pairs")
+    _add_train_args(tp)
+    tp.add_argument("--init", default=None, help="step-1 checkpoint to start from (omit: random init)")
+    tp.add_argument("--teacher", default=None, help="step-1 checkpoint, the frozen GCD teacher")
+    tp.add_argument("--image-size", type=int, default=None)
+    tp.add_argument("--temporal-only", action="store_true", help="ablation: no step-1 init, no GCD")
+    tp.add_argument("--no-pyramid", action="store_true", help="ablation: reconstruct at /4 only")
+    tp.add_argument("--no-lcd", action="store_true", help="ablation: no local correlation distillation")
+    tp.add_argument("--no-gcd", action="store_true", help="ablation: no global correlation distillation")
+    tp.add_argument("--lcd-threshold", default=None, choices=("0.3", "0.5", "0.7", "none"),
+                    help="LCD uncertainty threshold T [0.7]")
+    tp.set_defaults(func=cmd_train_temporal)
+
+    cf = trs.add_parser("corrflow", help="CorrFlow: colour pointer with bottleneck, scheduled sampling, cycles")
+    _add_train_args(cf)
+    cf.add_argument("--image-size", type=int, default=None)
+    cf.add_argument("--centroids", default=None, help="colour centroids from `stt color-clusters` [computed]")
+    cf.add_argument("--no-bottleneck", action="store_true", help="ablation: no channel dropout / jitter")
+    cf.add_argument("--no-scheduled-sampling", action="store_true", help="ablation: always frame 1's ground truth")
+    cf.add_argument("--no-cycles", action="store_true", help="ablation: no forward-backward cycles")
+    cf.set_defaults(func=cmd_train_corrflow)
+
+    cc = sub.add_parser("color-clusters", help="k-means colour centroids (Lab a, b) of training frames")
+    cc.add_argument("--data", default=None, help="videos [$STT_DATA/videos]")
+    cc.add_argument("--out", required=True, help="output tensor file (k x 2)")
+    cc.add_argument("--k", type=int, default=16)
+    cc.add_argument("--frames", type=int, default=300)
+    cc.add_argument("--fps", type=float, default=7.5)
+    cc.add_argument("--max-videos", type=int, default=None)
+    cc.add_argument("--seed", type=int, default=0)
+    cc.set_defaults(func=cmd_color_clusters)
 
     dl = sub.add_parser("download", help="download and extract a dataset (needs internet)")
     dl.add_argument("dataset", choices=("davis2017",))

@@ -91,3 +91,43 @@ def denormalize_lab(x: torch.Tensor) -> torch.Tensor:
 def rgb_to_normalized_lab(rgb: torch.Tensor) -> torch.Tensor:
     """The STT encoders' input transform: sRGB [0, 1] -> normalised Lab."""
     return normalize_lab(rgb_to_lab(rgb))
+
+
+# ---------------------------------------------------------------------------- CorrFlow quantisation
+
+
+def kmeans(x: torch.Tensor, k: int = 16, iters: int = 50, seed: int = 0) -> torch.Tensor:
+    """Lloyd's k-means with k-means++ seeding on the rows of ``x`` (N x D); returns k x D centroids.
+
+    CorrFlow quantises the (a, b) plane of Lab into 16 colours computed on training frames
+    (SPEC section 4: the project computes them and saves them with the checkpoint)."""
+    g = torch.Generator().manual_seed(seed)
+    x = x.float()
+    n = x.shape[0]
+    if n < k:
+        raise ValueError(f"k-means needs at least k = {k} samples, got {n}")
+    centers = [x[torch.randint(0, n, (1,), generator=g)].squeeze(0)]
+    d2 = ((x - centers[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        probs = d2 / d2.sum() if d2.sum() > 0 else torch.full((n,), 1.0 / n)
+        c = x[torch.multinomial(probs, 1, generator=g)].squeeze(0)
+        centers.append(c)
+        d2 = torch.minimum(d2, ((x - c) ** 2).sum(1))
+    c = torch.stack(centers)
+    for _ in range(iters):
+        assign = torch.cdist(x, c).argmin(1)
+        new = torch.zeros_like(c).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).float()[:, None]
+        new = torch.where(counts > 0, new / counts.clamp(min=1), c)  # an empty cluster keeps its centre
+        if torch.allclose(new, c, atol=1e-6):
+            c = new
+            break
+        c = new
+    return c
+
+
+def quantize_ab(lab: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Nearest-centroid colour index of every pixel: Lab ``... x 3 x H x W`` -> ``... x H x W`` (long)."""
+    ab = lab[..., 1:, :, :].movedim(-3, -1)  # ... x H x W x 2
+    d = ((ab[..., None, :] - centroids.to(ab)) ** 2).sum(-1)  # ... x H x W x k
+    return d.argmin(-1)

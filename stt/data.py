@@ -33,7 +33,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except Exception as exc:
         raise ValueError(f"{path}: unreadable image ({exc})") from exc
 
@@ -179,3 +179,259 @@ class DAVIS:
                                  f"{f.shape[1]}x{f.shape[0]}")
         return np.stack(frames), np.stack(masks)
 
+
+# ---------------------------------------------------------------------------- videos
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _resize_uint8(frames: np.ndarray, short_side: int | None) -> np.ndarray:
+    """T x H x W x 3 uint8 -> short side ``short_side`` (antialiased), uint8."""
+    if short_side is None or min(frames.shape[1:3]) == short_side:
+        return frames
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    H, W = x.shape[-2:]
+    s = short_side / min(H, W)
+    x = F.interpolate(x, size=(max(1, round(H * s)), max(1, round(W * s))), mode="bilinear",
+                      align_corners=False, antialias=True)
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def read_video(path: str | Path, fps: float | None = None, short_side: int | None = None,
+               max_frames: int | None = None) -> tuple[np.ndarray, float]:
+    """Decode a video to T x H x W x 3 uint8, optionally resampled to ``fps`` and resized.
+
+    Uses decord when installed, PyAV otherwise. Returns (frames, the fps of the returned frames).
+    Raises ``ValueError`` naming the file when it cannot be decoded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video not found: {path}")
+    try:
+        try:
+            import decord
+
+            vr = decord.VideoReader(str(path), num_threads=1)
+            n, native = len(vr), float(vr.get_avg_fps()) or 30.0
+            step = max(1.0, native / fps) if fps else 1.0
+            idx = np.arange(0, n, step).round().astype(int)
+            idx = idx[idx < n][:max_frames]
+            frames = vr.get_batch(list(idx)).asnumpy()
+        except ImportError:
+            import av
+
+            with av.open(str(path)) as c:
+                stream = c.streams.video[0]
+                native = float(stream.average_rate or 30.0)
+                step = max(1.0, native / fps) if fps else 1.0
+                frames, nxt = [], 0.0
+                for i, frame in enumerate(c.decode(stream)):
+                    if i >= round(nxt):
+                        frames.append(frame.to_ndarray(format="rgb24"))
+                        nxt += step
+                        if max_frames and len(frames) >= max_frames:
+                            break
+                frames = np.stack(frames)
+    except (FileNotFoundError, MemoryError):
+        raise
+    except Exception as exc:  # decord/av raise their own error types on corrupt data
+        raise ValueError(f"{path}: cannot decode video ({type(exc).__name__}: {exc})") from exc
+    if len(frames) == 0:
+        raise ValueError(f"{path}: no frames decoded")
+    return _resize_uint8(frames, short_side), native / step
+
+
+def list_media(root: str | Path, extensions) -> list[Path]:
+    """Files under ``root`` (recursively) with one of ``extensions``, sorted."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"folder not found: {root}")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
+
+
+class VideoFrames:
+    """A collection of videos as frame sequences at ~``fps`` with short side ``short_side``.
+
+    ``root`` holds video files (decoded with decord, PyAV as fallback) and/or frame folders
+    (``<root>/<video>/*.jpg``, the YouTube-VOS layout, read as they are: their stored frame rate
+    is the rate). STT samples frames two *stored* YouTube-VOS frames apart, about 5 raw frames at
+    30 fps, so the default resamples video files to 6 fps.
+
+    With ``cache_dir``, each video file is decoded once into a ``.npy`` array (memory-mapped on
+    use): fast random access for small corpora. Without it, frames are decoded on demand (large
+    corpora such as Kinetics). Unreadable videos are skipped with a warning that names them.
+    """
+
+    def __init__(self, root: str | Path, cache_dir: str | Path | None = None, fps: float = 6.0,
+                 short_side: int | None = 256, max_videos: int | None = None, min_frames: int = 2,
+                 progress: bool = True):
+        import warnings
+
+        from tqdm.auto import tqdm
+
+        root = Path(root)
+        files = list_media(root, VIDEO_EXTENSIONS)
+        dirs = sorted({p.parent for p in list_media(root, IMAGE_EXTENSIONS)}) if root.is_dir() else []
+        items = [(p.stem, p) for p in files] + [(d.name, d) for d in dirs]
+        if max_videos:
+            items = items[:max_videos]
+        if not items:
+            raise FileNotFoundError(f"no videos ({', '.join(VIDEO_EXTENSIONS)}) or frame folders under {root}")
+        self.fps, self.short_side = fps, short_side
+        cache = Path(cache_dir) / f"fps{fps:g}_short{short_side}" if cache_dir else None
+        if cache:
+            cache.mkdir(parents=True, exist_ok=True)
+        self.videos: list[tuple[str, object, int]] = []  # (name, source, number of frames)
+        self.skipped: list[str] = []
+        for name, src in tqdm(items, desc="indexing videos", disable=not progress, unit="video"):
+            try:
+                if src.is_dir():
+                    source = list_media(src, IMAGE_EXTENSIONS)
+                    n = len(source)
+                elif cache:
+                    npy = cache / f"{name}.npy"
+                    if not npy.is_file():
+                        frames, _ = read_video(src, fps, short_side)
+                        tmp = npy.with_suffix(".tmp.npy")
+                        np.save(tmp, frames)
+                        tmp.replace(npy)
+                    source = np.load(npy, mmap_mode="r")
+                    n = len(source)
+                else:
+                    source, n = src, self._count(src)
+            except (ValueError, FileNotFoundError) as exc:
+                warnings.warn(f"skipping {src}: {exc}")
+                self.skipped.append(str(src))
+                continue
+            if n >= min_frames:
+                self.videos.append((name, source, n))
+        if not self.videos:
+            raise ValueError(f"none of the {len(items)} videos under {root} could be read")
+
+    def _count(self, path: Path) -> int:
+        import decord
+
+        try:
+            vr = decord.VideoReader(str(path), num_threads=1)
+            return int(np.ceil(len(vr) / max(1.0, float(vr.get_avg_fps()) / self.fps)))
+        except Exception as exc:
+            raise ValueError(f"{path}: cannot decode video ({exc})") from exc
+
+    def __len__(self) -> int:
+        return sum(n for _, _, n in self.videos)
+
+    def length(self, v: int) -> int:
+        return self.videos[v][2]
+
+    def frames(self, v: int, ts) -> np.ndarray:
+        """Frames ``ts`` of video ``v`` as len(ts) x H x W x 3 uint8 (a writable copy)."""
+        name, src, n = self.videos[v]
+        ts = list(ts)
+        if isinstance(src, np.ndarray):
+            return np.array(src[ts])
+        if isinstance(src, list):
+            return _resize_uint8(np.stack([read_image(src[t]) for t in ts]), self.short_side)
+        import decord
+
+        vr = decord.VideoReader(str(src), num_threads=1)
+        step = max(1.0, float(vr.get_avg_fps()) / self.fps)
+        idx = [min(len(vr) - 1, int(round(t * step))) for t in ts]
+        return _resize_uint8(vr.get_batch(idx).asnumpy(), self.short_side)
+
+    def frame_index(self) -> list[tuple[int, int]]:
+        """(video, frame) pairs of every frame."""
+        return [(v, t) for v, (_, _, n) in enumerate(self.videos) for t in range(n)]
+
+
+# ---------------------------------------------------------------------------- training datasets
+
+
+class StillImages:
+    """Still images for STT step 1: every frame of the video files under the sources (see
+    :class:`VideoFrames`), and every image file (an ImageNet-style ``<root>/<class>/*.JPEG``
+    folder works as it is; so do frame folders).
+
+    Corrupt image files are skipped with a warning naming them (the next image is used), never a
+    crash mid-epoch; unreadable videos are skipped when the frame cache is built.
+    """
+
+    def __init__(self, sources, cache_dir, fps: float = 6.0, short_side: int = 256, max_videos=None,
+                 progress: bool = True):
+        self.caches, self.files = [], []
+        for src in [Path(s) for s in ([sources] if isinstance(sources, (str, Path)) else sources)]:
+            if not src.exists():
+                raise FileNotFoundError(f"training data not found: {src}")
+            has_videos = src.suffix.lower() in VIDEO_EXTENSIONS or bool(list_media(src, VIDEO_EXTENSIONS))
+            if has_videos:
+                self.caches.append(VideoFrames(src, cache_dir, fps, short_side, max_videos, progress=progress))
+            elif src.is_dir():
+                self.files += list_media(src, IMAGE_EXTENSIONS)
+        self.index = [(c, v, t) for c, cache in enumerate(self.caches) for v, t in cache.frame_index()]
+        if not self.index and not self.files:
+            raise FileNotFoundError(f"no videos or images under {sources}")
+        self.short_side = short_side
+
+    def __len__(self) -> int:
+        return len(self.index) + len(self.files)
+
+    def get(self, i: int) -> np.ndarray:
+        """Image ``i`` as H x W x 3 uint8."""
+        import warnings
+
+        for attempt in range(len(self)):
+            j = (i + attempt) % len(self)
+            if j < len(self.index):
+                c, v, t = self.index[j]
+                return self.caches[c].frames(v, [t])[0]
+            try:
+                return read_image(self.files[j - len(self.index)])
+            except (ValueError, FileNotFoundError) as exc:
+                warnings.warn(f"skipping unreadable image: {exc}")
+        raise ValueError("no readable image in the dataset")
+
+
+class TwoViews(torch.utils.data.Dataset):
+    """MoCo training pairs: two independent MoCo v2 augmentations of one still image."""
+
+    def __init__(self, images: StillImages, size: int = 224):
+        self.images, self.size = images, size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key):
+        from .augment import moco_v2_view
+
+        idx, seed = key
+        gen = torch.Generator().manual_seed(seed)
+        img = self.images.get(idx)
+        return moco_v2_view(img, self.size, gen), moco_v2_view(img, self.size, gen)
+
+
+class FrameClips(torch.utils.data.Dataset):
+    """Clips of ``n_frames`` frames, ``gap`` stored frames apart, with one random resized crop and
+    flip shared by the whole clip (:func:`stt.augment.clip_crop`): STT step 2 pairs
+    (``n_frames=2, gap=1``, area 0.6-1.0, aspect 1.5-2.0, 256 x 256) and CorrFlow clips.
+    Items are ``n_frames x 3 x size x size`` RGB in [0, 1]."""
+
+    def __init__(self, videos: VideoFrames, n_frames: int = 2, gap: int = 1, size: int = 256,
+                 scale=(0.6, 1.0), ratio=(1.5, 2.0)):
+        self.videos, self.n, self.gap, self.size, self.scale, self.ratio = videos, n_frames, gap, size, scale, ratio
+        span = (n_frames - 1) * gap
+        self.index = [(v, t) for v, t in videos.frame_index() if t + span < videos.length(v)]
+        if not self.index:
+            raise ValueError(f"no video has the {span + 1} frames a clip needs")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key):
+        from .augment import clip_crop
+
+        idx, seed = key
+        v, t = self.index[idx]
+        frames = self.videos.frames(v, range(t, t + self.n * self.gap, self.gap))
+        return clip_crop(frames, self.size, torch.Generator().manual_seed(seed), self.scale, self.ratio)

@@ -226,18 +226,27 @@ def build_feature_model(spec: str, variant: str = "stride8", seed: int = 0) -> t
 
     ``spec`` is ``"lab"``, ``"random-r18"`` / ``"random-r50"`` (seeded torchvision init) or a
     checkpoint path (this project's, torchvision's or MoCo's format). Returns the model (eval
-    mode) and a description dict used to key cached results.
+    mode) and a description dict: "name" for display, the rest (the file's digest for
+    checkpoints) identifies the weights and keys cached results.
     """
     stride = {"stride8": 8, "stride4": 4}.get(variant)
     if spec == "lab":
-        return LabPixels(stride or 8).eval(), {"model": "lab", "stride": stride or 8}
+        return LabPixels(stride or 8).eval(), {"name": "lab", "stride": stride or 8}
     if spec in ("random-r18", "random-r50"):
         torch.manual_seed(seed)
         enc = ResNetEncoder("resnet18" if spec.endswith("18") else "resnet50", variant)
-        return TrunkFeatures(enc).eval(), {"model": spec, "variant": variant, "seed": seed}
+        return TrunkFeatures(enc).eval(), {"name": spec, "variant": variant, "seed": seed}
     ckpt = load_checkpoint(spec)
     meta = ckpt.get("meta", {}) if isinstance(ckpt, dict) else {}
+    name = "/".join(Path(spec).resolve().parts[-2:])  # e.g. spatial/checkpoint.pth
+    if meta.get("kind") == "corrflow":
+        from .models import CorrFlowEncoder  # its own architecture (stride 4, 64-d, RGB input)
+
+        enc = CorrFlowEncoder()
+        load_encoder_state(enc, ckpt["encoder"], source=str(spec))
+        return enc.eval(), {"name": name, "kind": "corrflow", "file": file_digest(spec)}
     sd = extract_encoder_state(ckpt, source=str(spec))
     enc = ResNetEncoder(meta.get("arch", infer_arch(sd)), variant, meta.get("input", "lab"))
     load_encoder_state(enc, sd, source=str(spec))
-    return TrunkFeatures(enc).eval(), {"model": str(Path(spec).name), "variant": variant, "file": file_digest(spec)}
+    return TrunkFeatures(enc).eval(), {"name": name, "kind": meta.get("kind", "trunk"), "variant": variant,
+                                       "file": file_digest(spec)}

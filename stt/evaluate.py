@@ -14,6 +14,7 @@ with different settings refuses to touch the folder (``overwrite=True`` starts i
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -29,7 +30,15 @@ from tqdm.auto import tqdm
 from .data import DAVIS, find_davis, resize_short_side, to_tensor
 from .encoder import build_feature_model
 from .metrics import evaluate_davis_sequence, summarize_davis, write_davis_csvs
-from .propagation import PropagationConfig, downsample_labels, propagate_video, upsample_predictions
+from .propagation import (
+    PropagationConfig,
+    downsample_labels,
+    propagate_recursive,
+    propagate_video,
+    upsample_predictions,
+)
+
+PROTOCOLS = ("common", "corrflow")
 from .viz import davis_palette
 
 MODELS = ("identity", "lab", "random-r18", "random-r50")
@@ -79,6 +88,13 @@ def iter_features(model, frames: np.ndarray, short_side: int | None, stride: int
             yield f
 
 
+def net_radius(model: str) -> int:
+    """The attention radius a CorrFlow checkpoint was trained with (its own protocol uses it)."""
+    from .encoder import load_checkpoint
+
+    return int(load_checkpoint(model).get("meta", {}).get("radius", 6))
+
+
 def _write_png(path: Path, ids: np.ndarray, palette) -> None:
     im = Image.fromarray(ids.astype(np.uint8), mode="P")
     im.putpalette(palette)
@@ -114,9 +130,18 @@ def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
     _atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True))
 
 
+def scaled_config(cfg: PropagationConfig, stride: int) -> PropagationConfig:
+    """The protocol's radius is given in stride-8 cells; keep its extent in pixels at other strides."""
+    return cfg if stride == 8 else dataclasses.replace(cfg, radius=cfg.radius * 8 / stride)
+
+
 def predict_sequence(model, stride: int, frames: np.ndarray, first_ids: np.ndarray, n_objects: int,
-                     short_side: int | None, cfg: PropagationConfig, device) -> Iterator[np.ndarray]:
-    """Propagate the first frame's id map through ``frames``; yields id maps of frames 1..T-1."""
+                     short_side: int | None, cfg: PropagationConfig, device,
+                     protocol: str = "common", radius: int = 6) -> Iterator[np.ndarray]:
+    """Propagate the first frame's id map through ``frames``; yields id maps of frames 1..T-1.
+
+    ``protocol``: "common" (SPEC section 5, ``cfg``) or "corrflow" (previous frame only, hard
+    labels, the model's own attention with ``radius``)."""
     size = first_ids.shape
     feats = iter_features(model, frames, short_side, stride, device)
     first = next(feats)
@@ -128,7 +153,11 @@ def predict_sequence(model, stride: int, frames: np.ndarray, first_ids: np.ndarr
         yield from feats
 
     with torch.no_grad():
-        for soft in propagate_video(stream(), first_label, cfg):
+        if protocol == "corrflow":
+            preds = propagate_recursive(stream(), first_label, radius, hard=True)
+        else:
+            preds = propagate_video(stream(), first_label, scaled_config(cfg, stride))
+        for soft in preds:
             up = upsample_predictions(soft, size, cfg.minmax)
             # argmax over a channels-last copy: 7x faster than reducing over the strided dim 0
             yield up.permute(1, 2, 0).contiguous().argmax(-1).to(torch.uint8).cpu().numpy()
@@ -145,6 +174,7 @@ def evaluate_davis(
     device: str = "auto",
     overwrite: bool = False,
     progress: bool = True,
+    protocol: str = "common",
 ) -> dict:
     """Label propagation on DAVIS and the official metrics; see the module docstring.
 
@@ -153,24 +183,36 @@ def evaluate_davis(
         model: ``identity``, ``lab``, ``random-r18``, ``random-r50`` or a checkpoint path.
         short_side: resize frames to this short side (default: native, 480 on DAVIS 480p).
         sequences: subset of sequence names (default: the whole split).
+        protocol: "common" (SPEC section 5, every model) or "corrflow" (CorrFlow checkpoints:
+            recursive from the previous frame, hard labels, the training attention).
     Returns:
         the global results (``J&F-Mean``, ``J-Mean``, ...).
     """
     cfg = cfg or PropagationConfig()
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}: expected one of {PROTOCOLS}")
     root, synthetic = resolve_davis_root(data)
     ds = DAVIS(root, year=year, sequences=sequences)
     dev = pick_device(device)
     if model == "identity":
-        net, desc, stride = None, {"model": "identity"}, 8
+        net, desc, stride = None, {"name": "identity"}, 8
     else:
         net, desc = build_feature_model(model)
         net, stride = net.to(dev), net.stride
+    if protocol == "corrflow" and desc.get("kind") != "corrflow":
+        raise ValueError(f"the corrflow protocol needs a CorrFlow checkpoint, got {model}")
+    if net is None:
+        prop = None
+    elif protocol == "corrflow":
+        prop = {"protocol": "corrflow", "radius": net_radius(model)}
+    else:
+        prop = scaled_config(cfg, stride).as_dict()
     settings = {
         "dataset": {"root": str(Path(root).resolve()), "year": ds.year, "split": ds.split,
                     "sequences": ds.names, "synthetic": synthetic},
-        "model": desc,
+        "model": {k: v for k, v in desc.items() if k != "name" or "file" not in desc},
         "short_side": short_side,
-        "propagation": cfg.as_dict() if net is not None else None,
+        "propagation": prop,
     }
     out = Path(out)
     _check_settings(out, settings, overwrite)
@@ -181,7 +223,7 @@ def evaluate_davis(
     todo = [n for n in ds.names if not (out / "sequences" / f"{n}.npz").is_file()]
     n_frames = {n: len(ds.sequence(n).frames) for n in todo}
     bar = tqdm(total=sum(n_frames.values()), unit="frame", disable=not progress,
-               desc=f"{desc['model']} on DAVIS-{ds.year}")
+               desc=f"{desc['name']} on DAVIS-{ds.year}")
     for name in todo:
         t0 = time.time()
         bar.set_postfix_str(name)
@@ -196,7 +238,8 @@ def evaluate_davis(
         if net is None:
             it = (gt[0] for _ in range(len(frames) - 1))
         else:
-            it = predict_sequence(net, stride, frames, gt[0], n_obj, short_side, cfg, dev)
+            it = predict_sequence(net, stride, frames, gt[0], n_obj, short_side, cfg, dev, protocol,
+                                  net_radius(model) if protocol == "corrflow" else 6)
         for stem, ids in zip(stems[1:], it):
             _write_png(pred_dir / f"{stem}.png", ids, palette)
             preds.append(ids)

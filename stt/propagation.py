@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 import torch
 import torch.nn.functional as F
 
-from .affinity import WINDOWS, global_topk, windowed_topk
+from .affinity import WINDOWS, global_topk, local_correlation, windowed_topk
 
 
 @dataclass
@@ -30,7 +30,9 @@ class PropagationConfig:
     Attributes:
         topk: affinities kept per query over the whole context [10].
         context: n, the number of previous frames in the context [20].
-        radius: window radius in feature cells [DAVIS: 12 at /8; JHMDB 5; VIP 16].
+        radius: window radius in cells of a stride-8 map [DAVIS: 12; JHMDB 5; VIP 16]; the task
+            evaluators scale it to other strides (24 cells at stride 4) so the window covers the
+            same pixels.
         temperature: tau [0.07 STT/VFS; CRW uses 0.05 on DAVIS].
         window: "square" (|dy|, |dx| <= r) [STT] or "circle" (dist < r) [CRW].
         radius_first_frame: apply the window to frame 0 too [VFS/STT: yes; CRW: no].
@@ -158,3 +160,22 @@ def propagate_video(
             queue_f.append(feat)
             queue_l.append(pred)
         yield pred
+
+
+def propagate_recursive(features: Iterable[torch.Tensor], first_label: torch.Tensor, radius: int = 6,
+                        hard: bool = True) -> Iterator[torch.Tensor]:
+    """CorrFlow's own inference protocol: frame t from frame t-1 only, through the training-time
+    attention (softmax of plain dot products over the (2R+1)^2 window, no normalisation, no
+    temperature); with ``hard`` the carried labels are the one-hot argmax of each prediction.
+    Yields the soft labels (K x h x w) of frames 1, 2, ..."""
+    from .losses import reconstruct
+
+    it = iter(features)
+    prev_f, prev_l = next(it), first_label
+    K = first_label.shape[0]
+    for f in it:
+        aff = local_correlation(f[None], prev_f[None], radius).softmax(-1)  # 1 x h x w x (2R+1)^2
+        y = reconstruct(aff, prev_l[None], radius)[0]  # K x h x w
+        yield y
+        prev_l = F.one_hot(y.argmax(0), K).permute(2, 0, 1).float() if hard else y
+        prev_f = f

@@ -148,7 +148,9 @@ def main(argv=None) -> int:
     out = Path(a.out or REPO / "runs" / a.scale)
     if not a.publish_only:
         logging.basicConfig(format="%(message)s")
-        logging.getLogger("papermill").setLevel(logging.INFO)
+        pm_log = logging.getLogger("papermill")
+        pm_log.setLevel(logging.INFO)  # cell outputs as they come; not the cell start/end markers
+        pm_log.addFilter(lambda r: not str(r.msg).startswith(("Executing Cell", "Ending Cell", "Executing notebook")))
         run(a.scale, out, a.only.split(",") if a.only else None, a.prepare_only, a.kernel)
     if a.publish or a.publish_only:
         print("published:", ", ".join(publish(out)))

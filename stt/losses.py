@@ -1,0 +1,170 @@
+"""Losses, each equation in one place (SPEC sections 2-4), tested against naive references."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2):
+    """InfoNCE of MoCo (SPEC section 2).
+
+    ``L = -log( exp(q.k+ / t) / (exp(q.k+ / t) + sum_j exp(q.n_j / t)) )``, averaged over the batch,
+    with q, k (B x D) unit queries and their positive keys and ``queue`` (D x K) the negatives.
+    Returns (loss, logits), logits B x (1 + K) with the positive in column 0.
+    """
+    l_pos = torch.einsum("nc,nc->n", q, k)[:, None]  # B x 1
+    l_neg = torch.einsum("nc,ck->nk", q, queue)  # B x K
+    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, labels), logits
+
+
+# ---------------------------------------------------------------------------- STT step 2 (SPEC section 3)
+
+
+def lab_channel_dropout(lab: torch.Tensor, gen: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+    """The colour bottleneck: pick one of the a/b channels for the whole batch, zero it in every
+    frame's input and scale the input by 3/2. ``lab``: ... x 3 x H x W normalised Lab.
+    Returns (input, dropped channel index: 1 = a, 2 = b)."""
+    ch = 1 + int(torch.randint(0, 2, (1,), generator=gen))
+    x = lab.clone()
+    x[..., ch, :, :] = 0
+    return x * 1.5, ch
+
+
+def reconstruct(aff: torch.Tensor, y_ref: torch.Tensor, radius: int) -> torch.Tensor:
+    """``y_hat(q) = sum_d A[q, d] y_ref(q + d)``: aff B x h x w x (2R+1)^2 (rows sum to 1 over the
+    window), y_ref B x K x h x w -> B x K x h x w."""
+    from .affinity import window_values
+
+    return torch.einsum("bhwd,bhwdk->bkhw", aff, window_values(y_ref, radius)).contiguous()
+
+
+def reconstruction_loss(aff: torch.Tensor, y_ref_full: torch.Tensor, y_tar_full: torch.Tensor, radius: int,
+                        stride: int) -> torch.Tensor:
+    """``L_rec = SmoothL1(20 y_hat, 20 y_tar)``: the reference channel subsampled to the level by
+    striding, reconstructed through ``aff``, upsampled bilinearly to full size (SPEC section 3)."""
+    y_hat = reconstruct(aff, y_ref_full[..., ::stride, ::stride], radius)
+    up = F.interpolate(y_hat, size=y_tar_full.shape[-2:], mode="bilinear", align_corners=False)
+    return F.smooth_l1_loss(20 * up, 20 * y_tar_full)
+
+
+def global_correlation_distillation(s_tar, s_ref, t_tar, t_ref, teacher_temperature: float = 0.07) -> torch.Tensor:
+    """GCD: ``MSE(G_s, G_t)`` with ``G = softmax_p(<f(q), f(p)> / scale)`` over all reference
+    positions p, scale sqrt(C) for the student and ``teacher_temperature`` for the frozen teacher
+    (no L2 normalisation, as the official configuration). Inputs B x C x h x w (layer4, /32)."""
+    C = s_tar.shape[1]
+    gs = torch.einsum("bcq,bcp->bqp", s_tar.flatten(2), s_ref.flatten(2)).div(C**0.5).softmax(-1)
+    with torch.no_grad():
+        gt = torch.einsum("bcq,bcp->bqp", t_tar.flatten(2), t_ref.flatten(2)).div(teacher_temperature).softmax(-1)
+    return F.mse_loss(gs, gt)
+
+
+def pool_fine_affinity(a4: torch.Tensor, r4: int, r8: int) -> torch.Tensor:
+    """LCD target: the /4 window affinity (B x 2h x 2w x (2 r4 + 1)^2) 2x2 average-pooled over the
+    query grid and over the reference grid, read in the /8 window (B x h x w x (2 r8 + 1)^2).
+
+    ``T[q, d] = 1/16 sum_{a, b in {0,1}^2} A4[2q + a, 2d + b - a]`` (fine entries outside the fine
+    window count as 0). As in the official code each row sums to 1/4, not 1.
+    """
+    if r4 != 2 * r8:
+        raise ValueError(f"LCD needs the fine radius to be twice the coarse one, got {r4} and {r8}")
+    B, H4, W4, _ = a4.shape
+    D4, D8 = 2 * r4 + 1, 2 * r8 + 1
+    a = F.pad(a4.view(B, H4, W4, D4, D4), (1, 1, 1, 1))  # fine displacements -r4-1 .. r4+1
+    out = 0
+    for ay in (0, 1):
+        for ax in (0, 1):
+            q = a[:, ay::2, ax::2]  # the fine query (2y + ay, 2x + ax) of each coarse query
+            for by in (0, 1):
+                for bx in (0, 1):
+                    sy, sx = by - ay + 1, bx - ax + 1  # padded index of displacement 2 d + b - a
+                    out = out + q[..., sy : sy + 2 * D8 - 1 : 2, sx : sx + 2 * D8 - 1 : 2]
+    return (out / 16).reshape(B, H4 // 2, W4 // 2, D8 * D8)
+
+
+def uncertainty(corr: torch.Tensor) -> torch.Tensor:
+    """``U(q) = sum_d -log(P_d(q) + 1e-12)`` with P the softmax of the raw correlation over the
+    window (corr B x h x w x D, -inf outside the map; only positions inside the map count)."""
+    valid = torch.isfinite(corr)
+    p = corr.softmax(-1)
+    return (-torch.log(p + 1e-12) * valid).sum(-1)
+
+
+def uncertainty_mask(u: torch.Tensor, keep: float | None) -> torch.Tensor:
+    """Keep the pixels whose U is above the value at position ``keep`` of the descending sort of
+    each sample's flattened map (keep = 0.7 keeps the ~70 % most uncertain; None keeps all).
+    The official release thresholds each row separately (a bug); this is the intended version."""
+    if keep is None:
+        return torch.ones_like(u, dtype=torch.bool)
+    flat = u.flatten(1)
+    k = min(int(keep * flat.shape[1]), flat.shape[1] - 1)
+    thr = flat.sort(dim=1, descending=True).values[:, k]
+    return u > thr.view(-1, *([1] * (u.dim() - 1)))
+
+
+def local_correlation_distillation(a8: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                                   valid: torch.Tensor | None = None) -> torch.Tensor:
+    """LCD: ``sum(mask (A8 - T)^2) / sum(mask)`` where the mask selects the window entries (inside
+    the map: ``valid``, B x h x w x D) of the uncertain pixels (``mask``, B x h x w) — the dense
+    formulation's query mask times window mask."""
+    m = mask[..., None].expand_as(a8)
+    if valid is not None:
+        m = m & valid
+    m = m.float()
+    return (m * (a8 - target.detach()) ** 2).sum() / m.sum().clamp(min=1)
+
+
+def stt_losses_dense_reference(f4r, f4t, f8r, f8t, y_ref, y_tar, r4=12, r8=6, lcd_keep=0.7, s4r=None, s4t=None,
+                               t4r=None, t4t=None, teacher_temperature=0.07) -> dict:
+    """STT step 2's losses in the dense formulation of the official code: B x HW x HW affinities
+    with a dense window mask, reconstruction by matrix product, LCD target by average-pooling the
+    dense /4 affinity over both grids. For tests (equality with the windowed form) and the memory
+    benchmark; never used for training.
+
+    f4*, f8*: /4 and /8 features of reference and target (B x C x h x w); y_*: B x 1 x S x S.
+    s4*/t4*: student/teacher layer4 features for GCD (optional).
+    """
+    from .affinity import dense_window_mask
+
+    out = {}
+    S = y_tar.shape[-1]
+
+    def dense_aff(t, r, R):
+        B, C, h, w = t.shape
+        corr = torch.einsum("bcq,bcp->bqp", t.flatten(2), r.flatten(2))  # B x HW x HW
+        mask = dense_window_mask(h, w, R, "square").to(t.device)
+        return corr.masked_fill(~mask, float("-inf")), (corr / C**0.5).masked_fill(~mask, float("-inf")).softmax(-1), mask
+
+    def rec(a, t, stride):
+        B, _, h, w = t.shape
+        y = y_ref[..., ::stride, ::stride].flatten(2).transpose(1, 2)  # B x HW x 1
+        y_hat = torch.bmm(a, y).transpose(1, 2).view(B, 1, h, w)
+        up = F.interpolate(y_hat, size=(S, S), mode="bilinear", align_corners=False)
+        return F.smooth_l1_loss(20 * up, 20 * y_tar)
+
+    _, a4, _ = dense_aff(f4t, f4r, r4)
+    c8, a8, mask8 = dense_aff(f8t, f8r, r8)
+    out["rec4"] = rec(a4, f4t, S // f4t.shape[-1])
+    out["rec8"] = rec(a8, f8t, S // f8t.shape[-1])
+    B, _, h4, w4 = f4t.shape
+    pooled = F.avg_pool2d(a4.detach().view(B * h4 * w4, 1, h4, w4), 2).view(B, h4, w4, -1)  # over the reference grid
+    pooled = F.avg_pool2d(pooled.permute(0, 3, 1, 2), 2).flatten(2).transpose(1, 2)  # over the query grid
+    p = c8.softmax(-1)
+    u = (-torch.log(p + 1e-12) * mask8).sum(-1)  # B x HW8
+    keep = uncertainty_mask(u, lcd_keep)
+    m = (keep[:, :, None] & mask8[None]).float()
+    out["lcd"] = (m * (a8 - pooled) ** 2).sum() / m.sum().clamp(min=1)
+    if s4t is not None:
+        out["gcd"] = global_correlation_distillation(s4t, s4r, t4t, t4r, teacher_temperature)
+    return out
+
+
+# ---------------------------------------------------------------------------- CorrFlow (SPEC section 4)
+
+
+def corrflow_nll(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Reconstruction as classification: colour-class probabilities p (B x K x h x w, at /4) are
+    upsampled bilinearly to the target's size and scored by ``NLL(log(p + 1e-8), class)``."""
+    up = F.interpolate(p, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    return F.nll_loss(torch.log(up + 1e-8), target.contiguous())

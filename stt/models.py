@@ -1,0 +1,347 @@
+"""Trainable models: MoCo v2 (STT step 1), the STT step-2 student, CorrFlow.
+
+Each ``forward(batch, gen)`` returns ``{"loss": ..., <scalars to log>}`` for :class:`stt.train.Trainer`.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torchvision
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .affinity import local_correlation
+from .augment import color_jitter
+from .color import quantize_ab, rgb_to_lab, rgb_to_normalized_lab
+from .encoder import ResNetEncoder, load_encoder_state
+from .losses import (
+    corrflow_nll,
+    global_correlation_distillation,
+    info_nce,
+    lab_channel_dropout,
+    local_correlation_distillation,
+    pool_fine_affinity,
+    reconstruct,
+    reconstruction_loss,
+    uncertainty,
+    uncertainty_mask,
+)
+
+
+def _dist_world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@torch.no_grad()
+def gather_all(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every process (no gradient); ``x`` itself when not distributed."""
+    if _dist_world() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(_dist_world())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out)
+
+
+class MoCo(nn.Module):
+    """MoCo v2 (He et al., CVPR 2020; Chen et al., arXiv 2003.04297): STT step 1, SPEC section 2.
+
+    A query encoder (ResNet trunk + 2-layer MLP head) is trained with InfoNCE to pick its
+    positive key (another augmentation of the same image, from a momentum encoder) among a queue
+    of negatives from earlier batches.
+
+    Args:
+        arch: trunk, ``resnet18`` or ``resnet50``; the ``imagenet`` stride variant (the trunk is
+            what STT step 2 loads; strides carry no weights).
+        dim: embedding size [128].
+        queue_size: negatives kept [65536 on ImageNet; scale it to the data].
+        momentum: key-encoder momentum m [0.999].
+        temperature: InfoNCE temperature [0.2 for v2].
+        input_space: ``lab`` (the official STT step-1 R18 checkpoint is a Lab MoCo) or ``rgb``.
+        bn_splits: BatchNorm groups per process. MoCo computes BN per GPU and shuffles keys across
+            GPUs so that a query and its key never share batch statistics ("shuffle BN"). On one
+            device this is emulated by running the batch in ``bn_splits`` chunks with the keys
+            shuffled first; under DDP the shuffle is across processes as in the paper.
+    """
+
+    def __init__(self, arch: str = "resnet18", dim: int = 128, queue_size: int = 4096, momentum: float = 0.999,
+                 temperature: float = 0.2, input_space: str = "lab", bn_splits: int = 1):
+        super().__init__()
+        self.m, self.t, self.bn_splits = momentum, temperature, bn_splits
+        self.encoder_q = ResNetEncoder(arch, "imagenet", input_space)
+        c = self.encoder_q.channels["layer4"]
+        self.head_q = nn.Sequential(nn.Linear(c, c), nn.ReLU(inplace=True), nn.Linear(c, dim))
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        self.head_k = copy.deepcopy(self.head_q)
+        for p in list(self.encoder_k.parameters()) + list(self.head_k.parameters()):
+            p.requires_grad = False
+        g = torch.Generator().manual_seed(1234)
+        self.register_buffer("queue", F.normalize(torch.randn(dim, queue_size, generator=g), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def embed(self, encoder: ResNetEncoder, head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """RGB images -> unit-length embeddings, BatchNorm statistics per chunk of the batch."""
+        outs = []
+        for chunk in x.chunk(self.bn_splits):
+            f = encoder(encoder.preprocess(chunk), levels=("layer4",))["layer4"]  # b x C x h x w
+            outs.append(head(f.mean((2, 3))))
+        return F.normalize(torch.cat(outs), dim=1)
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """theta_k <- m theta_k + (1 - m) theta_q (parameters only, as MoCo)."""
+        for q, k in zip(list(self.encoder_q.parameters()) + list(self.head_q.parameters()),
+                        list(self.encoder_k.parameters()) + list(self.head_k.parameters())):
+            k.mul_(self.m).add_(q.detach(), alpha=1 - self.m)
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Replace the oldest entries of the queue by ``keys`` (B x dim), wrapping around."""
+        keys = gather_all(keys)
+        K = self.queue.shape[1]
+        n = min(keys.shape[0], K)
+        idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % K
+        self.queue[:, idx] = keys[:n].t()
+        self.queue_ptr.copy_((self.queue_ptr + n) % K)
+
+    @torch.no_grad()
+    def keys(self, im_k: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """Key embeddings with shuffled BatchNorm (see the class docstring)."""
+        world = _dist_world()
+        if world == 1:
+            perm = torch.randperm(im_k.shape[0], generator=gen).to(im_k.device)
+            k = self.embed(self.encoder_k, self.head_k, im_k[perm])
+            return k[torch.argsort(perm)]
+        # Across processes: gather, shuffle with a permutation shared by all ranks, take our slice.
+        allx = gather_all(im_k)
+        perm = torch.randperm(allx.shape[0], generator=gen).to(im_k.device)  # same seed on every rank
+        b, r = im_k.shape[0], dist.get_rank()
+        k_local = self.embed(self.encoder_k, self.head_k, allx[perm[r * b:(r + 1) * b]])
+        k_all = gather_all(k_local)
+        return k_all[torch.argsort(perm)][r * b:(r + 1) * b]
+
+    def forward(self, batch, gen: torch.Generator | None = None) -> dict:
+        im_q, im_k = batch
+        q = self.embed(self.encoder_q, self.head_q, im_q)  # B x dim
+        self.momentum_update()
+        k = self.keys(im_k, gen)  # B x dim
+        loss, logits = info_nce(q, k, self.queue.clone().detach(), self.t)
+        self.enqueue(k)
+        return {"loss": loss, "acc": (logits.argmax(1) == 0).float().mean()}
+
+    def encoder_state_dict(self) -> dict:
+        """The query trunk in torchvision layout: what STT step 2 and evaluation load."""
+        return self.encoder_q.state_dict()
+
+    def checkpoint_meta(self) -> dict:
+        return {"kind": "moco", "arch": self.encoder_q.arch, "input": self.encoder_q.input_space}
+
+
+class STT(nn.Module):
+    """STT step 2 (Li & Liu, CVPR 2023): temporal features by reconstruction, with global and
+    local correlation distillation (SPEC section 3).
+
+    A pair (reference, target) of frames goes through the colour bottleneck (one of a/b zeroed);
+    the target's dropped channel is reconstructed from the reference through local affinities at
+    /4 (R = 12) and /8 (R = 6)::
+
+        L = L_rec/4 + L_rec/8 + w_lcd L_lcd + w_gcd L_gcd
+
+    Args:
+        arch: ``resnet18`` / ``resnet50``; the student uses the ``train`` stride variant.
+        init: trunk state_dict to start from (step 1), or None (random init: temporal-only).
+        teacher: trunk state_dict of the frozen step-1 teacher for GCD (required if ``gcd``).
+        pyramid: add the /8 reconstruction [on]. lcd: local correlation distillation [on].
+        gcd: global correlation distillation [on]. lcd_keep: uncertainty threshold T [0.7; None
+            keeps all pixels]. radii: (R/4, R/8) [(12, 6)]. teacher_temperature [0.07].
+        w_lcd, w_gcd: loss weights [1000, 50].
+
+    Decision (ours): the teacher sees the full-colour Lab frames (the bottleneck is the
+    student's pretext task, not the teacher's).
+    """
+
+    def __init__(self, arch: str = "resnet18", init: dict | None = None, teacher: dict | None = None,
+                 pyramid: bool = True, lcd: bool = True, gcd: bool = True, lcd_keep: float | None = 0.7,
+                 radii=(12, 6), teacher_temperature: float = 0.07, w_lcd: float = 1000.0, w_gcd: float = 50.0):
+        super().__init__()
+        self.encoder = ResNetEncoder(arch, "train", "lab")
+        if init is not None:
+            load_encoder_state(self.encoder, init, "step-1 initialisation")
+        self.pyramid, self.lcd, self.gcd, self.lcd_keep = pyramid, lcd, gcd, lcd_keep
+        self.r4, self.r8 = radii
+        self.tt, self.w_lcd, self.w_gcd = teacher_temperature, w_lcd, w_gcd
+        self.teacher = None
+        if gcd:
+            if teacher is None:
+                raise ValueError("GCD needs the step-1 teacher (teacher=state_dict), or gcd=False")
+            self.teacher = ResNetEncoder(arch, "train", "lab")
+            load_encoder_state(self.teacher, teacher, "step-1 teacher")
+            self.teacher.eval()
+            for p in self.teacher.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # frozen: BatchNorm statistics never move
+        return self
+
+    def affinities(self, f_tar: torch.Tensor, f_ref: torch.Tensor, radius: int):
+        """Raw window correlation and softmax affinity ``softmax_p(<f_tar(q), f_ref(p)> / sqrt(C))``."""
+        corr = local_correlation(f_tar, f_ref, radius)  # B x h x w x (2R+1)^2
+        return corr, (corr / f_tar.shape[1] ** 0.5).softmax(-1)
+
+    def forward(self, batch: torch.Tensor, gen: torch.Generator | None = None) -> dict:
+        """batch: B x 2 x 3 x S x S RGB in [0, 1] (reference, target)."""
+        B = batch.shape[0]
+        lab = rgb_to_normalized_lab(batch)  # B x 2 x 3 x S x S
+        x, ch = lab_channel_dropout(lab, gen)
+        levels = ("layer2", "layer3") + (("layer4",) if self.gcd else ())
+        f = self.encoder(x.flatten(0, 1), levels=levels)  # frames interleaved: ref, tar, ref, ...
+        split = lambda t: (t.view(B, 2, *t.shape[1:])[:, 0], t.view(B, 2, *t.shape[1:])[:, 1])  # noqa: E731
+        (r4, t4), (r8, t8) = split(f["layer2"]), split(f["layer3"])
+        y_ref, y_tar = lab[:, 0, ch : ch + 1], lab[:, 1, ch : ch + 1]  # the dropped channel, undropped
+        out = {}
+        _, a4 = self.affinities(t4, r4, self.r4)
+        out["rec4"] = reconstruction_loss(a4, y_ref, y_tar, self.r4, batch.shape[-1] // r4.shape[-1])
+        loss = out["rec4"]
+        if self.pyramid or self.lcd:
+            c8, a8 = self.affinities(t8, r8, self.r8)
+        if self.pyramid:
+            out["rec8"] = reconstruction_loss(a8, y_ref, y_tar, self.r8, batch.shape[-1] // r8.shape[-1])
+            loss = loss + out["rec8"]
+        if self.lcd:
+            target = pool_fine_affinity(a4.detach(), self.r4, self.r8)
+            mask = uncertainty_mask(uncertainty(c8.detach()), self.lcd_keep)
+            out["lcd"] = local_correlation_distillation(a8, target, mask, torch.isfinite(c8))
+            loss = loss + self.w_lcd * out["lcd"]
+        if self.gcd:
+            s_ref, s_tar = split(f["layer4"])
+            with torch.no_grad():
+                t = self.teacher(lab.flatten(0, 1), levels=("layer4",))["layer4"]
+            t_ref, t_tar = split(t)
+            out["gcd"] = global_correlation_distillation(s_tar, s_ref, t_tar, t_ref, self.tt)
+            loss = loss + self.w_gcd * out["gcd"]
+        out["loss"] = loss
+        return out
+
+    def encoder_state_dict(self) -> dict:
+        return self.encoder.state_dict()
+
+    def checkpoint_meta(self) -> dict:
+        return {"kind": "stt", "arch": self.encoder.arch, "input": "lab",
+                "flags": {"pyramid": self.pyramid, "lcd": self.lcd, "gcd": self.gcd, "lcd_keep": self.lcd_keep}}
+
+
+class CorrFlowEncoder(nn.Module):
+    """CorrFlow's encoder (SPEC section 1): ResNet-18-like, no max-pool, only layer2 strided,
+    layer3 and layer4 at 256 channels and stride 1 (output stride 4), then a 3x3 conv to 64-d
+    features. Input: RGB in [0, 1] (B x 3 x H x W)."""
+
+    stride = 4
+
+    def __init__(self, dim: int = 64):
+        super().__init__()
+        base = torchvision.models.resnet18(weights=None)
+        self.conv1, self.bn1, self.relu = base.conv1, base.bn1, base.relu
+        self.layer1, self.layer2 = base.layer1, base.layer2
+        base.inplanes = 128
+        block = torchvision.models.resnet.BasicBlock
+        self.layer3 = base._make_layer(block, 256, 2, stride=1)
+        self.layer4 = base._make_layer(block, 256, 2, stride=1)
+        self.head = nn.Conv2d(256, dim, 3, padding=1)
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(rgb)))  # /2
+        x = self.layer2(self.layer1(x))  # /4
+        return self.head(self.layer4(self.layer3(x)))  # B x 64 x H/4 x W/4
+
+
+class CorrFlow(nn.Module):
+    """CorrFlow (Lai & Xie, BMVC 2019), SPEC section 4: a pointer that reconstructs a frame by
+    copying quantised colours from a reference frame through a restricted attention.
+
+    Per 3-frame clip (frames 0, 1, 2): the colour bottleneck on the inputs; 16-way colour classes
+    (k-means ``centroids`` over Lab (a, b)); attention = softmax of plain dot products over the
+    13 x 13 window at /4 (``radius`` 6); reference one-hot colours at /4 copied through it;
+    probabilities upsampled to full size; ``NLL(log(p + 1e-8))``.
+
+    * forward: 0 -> 1, then 1 -> 2 from frame 1's ground truth with probability ``eps`` (scheduled
+      sampling, decaying linearly 0.9 -> 0.6 over ``total_steps``) or from the model's own soft
+      prediction of frame 1;
+    * cycles: 0 -> 1 -> 0 and 0 -> 1 -> 2 -> 1 -> 0 with soft predictions, scored on frame 0.
+
+    ``L = L_short + 0.1 L_long`` with (our reading of the paper) L_short = forward losses + short
+    cycle and L_long = long cycle.
+    """
+
+    def __init__(self, centroids: torch.Tensor, radius: int = 6, total_steps: int = 1000, eps=(0.9, 0.6),
+                 long_weight: float = 0.1, drop_prob: float = 0.7, jitter_prob: float = 0.1, cycles: bool = True):
+        super().__init__()
+        self.cycles = cycles
+        self.encoder = CorrFlowEncoder()
+        self.register_buffer("centroids", centroids.float().clone())
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        self.radius, self.total_steps, self.eps = radius, total_steps, eps
+        self.long_weight, self.drop_prob, self.jitter_prob = long_weight, drop_prob, jitter_prob
+
+    @property
+    def n_colors(self) -> int:
+        return self.centroids.shape[0]
+
+    def epsilon(self) -> float:
+        """Scheduled-sampling probability of using the ground truth: linear eps[0] -> eps[1]."""
+        t = min(1.0, float(self.steps_done) / max(1, self.total_steps))
+        return self.eps[0] + (self.eps[1] - self.eps[0]) * t
+
+    def bottleneck(self, rgb: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """With p = 0.7 zero 1 or 2 RGB channels (the same for the whole batch), scaled by 3/(3-n);
+        with p = 0.1 per clip, colour jitter (0.1, 0.1, 0.1, 0.1) on all its frames."""
+        x = rgb.clone()  # B x T x 3 x H x W
+        for i in range(x.shape[0]):
+            if torch.rand((), generator=gen) < self.jitter_prob:
+                x[i] = color_jitter(x[i], gen, 0.1, 0.1, 0.1, 0.1)
+        if torch.rand((), generator=gen) < self.drop_prob:
+            n = 1 + int(torch.randint(0, 2, (1,), generator=gen))
+            drop = torch.randperm(3, generator=gen)[:n].tolist()
+            x[:, :, drop] = 0
+            x = x * (3 / (3 - n))
+        return x
+
+    def attend(self, f_tar: torch.Tensor, f_ref: torch.Tensor, y_ref: torch.Tensor) -> torch.Tensor:
+        """Copy ``y_ref`` (B x K x h x w) to the target through the restricted attention."""
+        aff = local_correlation(f_tar, f_ref, self.radius).softmax(-1)  # B x h x w x 169
+        return reconstruct(aff, y_ref, self.radius)
+
+    def forward(self, batch: torch.Tensor, gen: torch.Generator | None = None) -> dict:
+        """batch: B x 3 x 3 x S x S RGB clips in [0, 1]."""
+        B, T = batch.shape[:2]
+        S = batch.shape[-1]
+        labels = quantize_ab(rgb_to_lab(batch), self.centroids)  # B x 3 x S x S, the colour classes
+        x = self.bottleneck(batch, gen)
+        f = self.encoder(x.flatten(0, 1)).view(B, T, -1, S // 4, S // 4)
+        onehot = lambda t: F.one_hot(labels[:, t, ::4, ::4], self.n_colors).permute(0, 3, 1, 2).float()  # noqa: E731
+        nll = lambda p, t: corrflow_nll(p, labels[:, t])  # noqa: E731
+        p1 = self.attend(f[:, 1], f[:, 0], onehot(0))
+        use_gt = (torch.rand(B, generator=gen) < self.epsilon()).to(batch.device).view(B, 1, 1, 1)
+        p2 = self.attend(f[:, 2], f[:, 1], torch.where(use_gt, onehot(1), p1))
+        out = {"forward1": nll(p1, 1), "forward2": nll(p2, 2)}
+        out["loss"] = out["forward1"] + out["forward2"]
+        if self.cycles:
+            p0_short = self.attend(f[:, 0], f[:, 1], p1)
+            p1_back = self.attend(f[:, 1], f[:, 2], self.attend(f[:, 2], f[:, 1], p1))
+            p0_long = self.attend(f[:, 0], f[:, 1], p1_back)
+            out["cycle_short"], out["cycle_long"] = nll(p0_short, 0), nll(p0_long, 0)
+            out["loss"] = out["loss"] + out["cycle_short"] + self.long_weight * out["cycle_long"]
+        out["eps"] = torch.tensor(self.epsilon())
+        if self.training:
+            self.steps_done += 1
+        return out
+
+    def encoder_state_dict(self) -> dict:
+        return self.encoder.state_dict()
+
+    def checkpoint_meta(self) -> dict:
+        return {"kind": "corrflow", "arch": "corrflow-r18", "input": "rgb", "centroids": self.centroids.tolist(),
+                "radius": self.radius}

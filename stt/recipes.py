@@ -1,0 +1,179 @@
+"""Training recipes: a model + its data + a :class:`~stt.train.TrainConfig`, at three scales.
+
+``smoke`` (CI: seconds), ``small`` (a laptop CPU: real data, minutes to tens of minutes) and
+``full`` (the papers' settings on GPUs). The command line (``stt train ...``) and the
+notebooks both call these functions, so a notebook run and a shell run are the same run.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from .color import kmeans, rgb_to_lab
+from .data import FrameClips, StillImages, TwoViews, VideoFrames, data_root
+from .encoder import extract_encoder_state, load_checkpoint
+from .models import STT, CorrFlow, MoCo
+from .train import TrainConfig, Trainer
+
+# STT step 1 = MoCo v2 (SPEC section 2). lr = 0.03 x batch / 256.
+SPATIAL = {
+    "smoke": dict(steps=4, batch_size=8, image_size=64, queue_size=64, bn_splits=2, max_videos=2,
+                  warmup_steps=1, log_every=1, ckpt_every=2),
+    "small": dict(steps=600, batch_size=64, image_size=96, queue_size=4096, bn_splits=4, max_videos=None,
+                  warmup_steps=30, log_every=10, ckpt_every=100, num_workers=1),
+    "full": dict(steps=1_000_000, batch_size=256, image_size=224, queue_size=65536, bn_splits=1, max_videos=None,
+                 warmup_steps=0, log_every=100, ckpt_every=5000, num_workers=8),
+}
+SPATIAL_COMMON = dict(arch="resnet18", dim=128, momentum=0.999, temperature=0.2, input_space="lab",
+                      optimizer="sgd", weight_decay=1e-4, sgd_momentum=0.9, fps=6.0, short_side=256)
+
+
+def cache_dir() -> Path:
+    """``$STT_CACHE`` or ``~/.cache/stt``: decoded frame caches and generated data."""
+    return Path(os.environ.get("STT_CACHE", "~/.cache/stt")).expanduser()
+
+
+def default_video_data() -> Path:
+    """Where unlabelled training video is looked for: ``$STT_DATA/videos``."""
+    return data_root() / "videos"
+
+
+def _settings(presets: dict, common: dict, config: str, overrides: dict) -> dict:
+    if config not in presets:
+        raise ValueError(f"unknown config {config!r}: expected one of {sorted(presets)}")
+    s = {**common, **presets[config]}
+    unknown = set(overrides) - set(s) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}")
+    s.update({k: v for k, v in overrides.items() if v is not None})
+    return s
+
+
+def _train_config(s: dict, lr: float, extra_keys) -> TrainConfig:
+    names = {f.name for f in fields(TrainConfig)}
+    kw = {k: v for k, v in s.items() if k in names}
+    kw.setdefault("lr", lr)
+    if "sgd_momentum" in s:
+        kw["momentum"] = s["sgd_momentum"]
+    kw["extra"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in s.items() if k in extra_keys}
+    return TrainConfig(**kw)
+
+
+def train_spatial(data=None, out="runs/spatial", config: str = "small", progress: bool = True, **overrides) -> Path:
+    """STT step 1: MoCo v2 on still images (frames of unlabelled videos, or an image folder).
+
+    Returns the checkpoint path; its ``"encoder"`` entry is the trunk STT step 2 loads.
+    """
+    s = _settings(SPATIAL, SPATIAL_COMMON, config, overrides)
+    data = Path(data) if data else default_video_data()
+    images = StillImages(data, cache_dir() / "frames", s["fps"], s["short_side"], s["max_videos"], progress=progress)
+    model = MoCo(s["arch"], s["dim"], s["queue_size"], s["momentum"], s["temperature"], s["input_space"], s["bn_splits"])
+    cfg = _train_config(s, 0.03 * s["batch_size"] / 256, extra_keys=set(SPATIAL_COMMON) | {"image_size", "queue_size",
+                                                                                          "bn_splits", "max_videos"})
+    meta = {"recipe": "spatial", "config": config, "data": str(data), "images": len(images)}
+    trainer = Trainer(model, TwoViews(images, s["image_size"]), cfg, out, meta=meta, progress=progress)
+    trainer.fit()
+    return Path(out) / "checkpoint.pth"
+
+
+# STT step 2 (SPEC section 3): Adam, lr 1e-4 for R18 [5e-5 for R50], cosine to 0.001 x lr with
+# linear warm-up, batch 128 [R18], SyncBN under DDP, 800 epochs of YouTube-VOS (3471 videos).
+TEMPORAL = {
+    "smoke": dict(steps=3, batch_size=2, image_size=64, max_videos=2, warmup_steps=1, log_every=1, ckpt_every=2),
+    "small": dict(steps=300, batch_size=8, image_size=128, max_videos=None, warmup_steps=15, log_every=10,
+                  ckpt_every=50, num_workers=1),
+    "full": dict(steps=800 * 3471 // 128, batch_size=128, image_size=256, max_videos=None, warmup_steps=1000,
+                 log_every=50, ckpt_every=1000, num_workers=8, sync_bn=True, short_side=None, cache=False),
+}
+TEMPORAL_COMMON = dict(arch="resnet18", optimizer="adam", lr=1e-4, weight_decay=0.0, min_lr_ratio=0.001,
+                       fps=6.0, short_side=256, cache=True, gap=1, pyramid=True, lcd=True, gcd=True, lcd_keep=0.7,
+                       radius4=12, radius8=6, teacher_temperature=0.07, w_lcd=1000.0, w_gcd=50.0)
+
+
+def trunk_from_checkpoint(path) -> dict:
+    """The torchvision-layout trunk of a checkpoint (ours, torchvision's or MoCo's)."""
+    return extract_encoder_state(load_checkpoint(path), source=str(path))
+
+
+def train_temporal(data=None, out="runs/temporal", config: str = "small", init=None, teacher=None,
+                   progress: bool = True, **overrides) -> Path:
+    """STT step 2: reconstruction with GCD and LCD on pairs of video frames.
+
+    ``init`` and ``teacher`` are step-1 checkpoints (paths); temporal-only is ``init=None,
+    gcd=False``. The ablation switches (``pyramid``, ``lcd``, ``gcd``, ``lcd_keep``) are settings.
+    """
+    s = _settings(TEMPORAL, TEMPORAL_COMMON, config, overrides)
+    if s["gcd"] and teacher is None:
+        raise ValueError("GCD needs the step-1 teacher checkpoint (teacher=...), or gcd=False")
+    data = Path(data) if data else default_video_data()
+    videos = VideoFrames(data, cache_dir() / "frames" if s["cache"] else None, s["fps"], s["short_side"],
+                         s["max_videos"], progress=progress)
+    clips = FrameClips(videos, n_frames=2, gap=s["gap"], size=s["image_size"])
+    model = STT(s["arch"], trunk_from_checkpoint(init) if init else None,
+                trunk_from_checkpoint(teacher) if s["gcd"] else None, s["pyramid"], s["lcd"], s["gcd"],
+                s["lcd_keep"], (s["radius4"], s["radius8"]), s["teacher_temperature"], s["w_lcd"], s["w_gcd"])
+    extra = set(TEMPORAL_COMMON) | {"image_size", "max_videos"}
+    cfg = _train_config(s, s["lr"], extra_keys=extra)
+    cfg.extra.update(init=str(init) if init else None, teacher=str(teacher) if s["gcd"] else None)
+    meta = {"recipe": "temporal", "config": config, "data": str(data), "pairs": len(clips)}
+    Trainer(model, clips, cfg, out, meta=meta, progress=progress).fit()
+    return Path(out) / "checkpoint.pth"
+
+
+# CorrFlow (SPEC section 4): Adam lr 2e-4, batch 6, lr halved at 400k / 600k / 800k / 1M samples,
+# 3-frame clips, interval 4 (4 raw frames at 30 fps: 7.5 stored frames per second), 256 x 256.
+CORRFLOW = {
+    "smoke": dict(steps=3, batch_size=2, image_size=64, max_videos=2, kmeans_frames=20, log_every=1, ckpt_every=2),
+    "small": dict(steps=300, batch_size=6, image_size=128, max_videos=None, kmeans_frames=300, log_every=10,
+                  ckpt_every=50, num_workers=1),
+    "full": dict(steps=1_200_000 // 6, batch_size=6, image_size=256, max_videos=None, kmeans_frames=5000,
+                 log_every=100, ckpt_every=5000, num_workers=6, short_side=None, cache=False,
+                 lr_milestones=(400_000 // 6, 600_000 // 6, 800_000 // 6, 1_000_000 // 6)),
+}
+CORRFLOW_COMMON = dict(optimizer="adam", lr=2e-4, weight_decay=0.0, fps=7.5, short_side=256, cache=True, gap=1,
+                       n_colors=16, radius=6, eps_start=0.9, eps_end=0.6, long_weight=0.1, drop_prob=0.7,
+                       jitter_prob=0.1, bottleneck=True, scheduled_sampling=True, cycles=True)
+
+
+def color_clusters(videos: VideoFrames, k: int = 16, n_frames: int = 300, seed: int = 0) -> torch.Tensor:
+    """k-means centroids of the (a, b) colours of ``n_frames`` frames spread over the videos."""
+    index = videos.frame_index()
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randperm(len(index), generator=g)[: min(n_frames, len(index))].tolist()
+    ab = []
+    for i in picks:
+        v, t = index[i]
+        frame = torch.from_numpy(videos.frames(v, [t])[0]).permute(2, 0, 1).float() / 255
+        lab = rgb_to_lab(frame[:, ::4, ::4])
+        ab.append(lab[1:].flatten(1).t())
+    return kmeans(torch.cat(ab), k, seed=seed)
+
+
+def train_corrflow(data=None, out="runs/corrflow", config: str = "small", centroids=None, progress: bool = True,
+                   **overrides) -> Path:
+    """CorrFlow on 3-frame clips of unlabelled video. ``centroids``: a k x 2 tensor or a file saved
+    by ``stt color-clusters``; by default computed by k-means on the training frames (or read
+    back from the checkpoint being resumed)."""
+    s = _settings(CORRFLOW, CORRFLOW_COMMON, config, overrides)
+    data = Path(data) if data else default_video_data()
+    videos = VideoFrames(data, cache_dir() / "frames" if s["cache"] else None, s["fps"], s["short_side"],
+                         s["max_videos"], progress=progress)
+    clips = FrameClips(videos, n_frames=3, gap=s["gap"], size=s["image_size"])
+    ck = Path(out) / "checkpoint.pth"
+    if isinstance(centroids, (str, Path)):
+        centroids = torch.load(centroids, weights_only=True)
+    if centroids is None and ck.is_file():
+        centroids = load_checkpoint(ck)["model"]["centroids"]
+    if centroids is None:
+        centroids = color_clusters(videos, s["n_colors"], s["kmeans_frames"], s.get("seed", 0))
+    eps = (s["eps_start"], s["eps_end"]) if s["scheduled_sampling"] else (1.0, 1.0)  # off: always frame 1's truth
+    model = CorrFlow(centroids, s["radius"], s["steps"], eps, s["long_weight"],
+                     s["drop_prob"] if s["bottleneck"] else 0.0, s["jitter_prob"] if s["bottleneck"] else 0.0,
+                     s["cycles"])
+    cfg = _train_config(s, s["lr"], extra_keys=set(CORRFLOW_COMMON) | {"image_size", "max_videos", "kmeans_frames"})
+    meta = {"recipe": "corrflow", "config": config, "data": str(data), "clips": len(clips)}
+    Trainer(model, clips, cfg, out, meta=meta, progress=progress).fit()
+    return ck

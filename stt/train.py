@@ -1,0 +1,291 @@
+"""The training loop every model shares: seeded data order, schedules, atomic checkpoints,
+exact resume, progress and logs, and multi-GPU through torchrun / DDP (one code path).
+
+A model is any ``nn.Module`` whose ``forward(batch, gen)`` returns a dict with a scalar
+``"loss"`` (and any other scalars to log); ``gen`` is a ``torch.Generator`` seeded by
+(seed, step) for the model's own randomness (channel dropout, scheduled sampling, ...).
+A model may define ``encoder_state_dict()`` (saved as ``"encoder"`` for downstream use) and
+``checkpoint_meta()`` (architecture and input space, saved as ``"meta"``).
+
+Reproducibility: sample ``j`` of step ``s`` is dataset item ``perm_e[p mod N]`` with
+``p = s B + j`` and ``perm_e`` the permutation of epoch ``e = p div N`` drawn from the seed,
+and its augmentation generator is seeded by (seed, s, j). Nothing depends on worker count,
+rank or wall clock, so a resumed run computes exactly the steps an uninterrupted run would.
+
+Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) each rank takes its slice of every global
+batch, the model is wrapped in ``DistributedDataParallel`` (``sync_bn`` converts BatchNorm to
+SyncBatchNorm), rank 0 alone logs and writes checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+CHECKPOINT = "checkpoint.pth"
+LOG = "train_log.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. ``batch_size`` is global (split across DDP ranks)."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.03
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd
+    betas: tuple = (0.9, 0.999)  # adam / adamw
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine decays lr to lr * min_lr_ratio
+    lr_milestones: tuple = ()  # if given: step decay instead of cosine, lr *= lr_gamma at each
+    lr_gamma: float = 0.5
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 200
+    num_workers: int = 0
+    device: str = "auto"
+    sync_bn: bool = False
+    extra: dict = field(default_factory=dict)  # recipe settings recorded with the run
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up from 0 over ``warmup_steps``, then cosine to ``lr * min_lr_ratio`` (or, with
+    ``lr_milestones``, ``lr * lr_gamma^(milestones passed)``)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_milestones:
+        return cfg.lr * cfg.lr_gamma ** sum(step >= m for m in cfg.lr_milestones)
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    t = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _mix(*xs: int) -> int:
+    """A deterministic 63-bit hash of integers (seeds for generators)."""
+    h = 0x9E3779B97F4A7C15
+    for x in xs:
+        h = (h ^ (x & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class StepBatches(Sampler):
+    """Yields, for steps ``start .. steps-1``, this rank's list of ``(dataset index, sample seed)``."""
+
+    def __init__(self, n: int, cfg: TrainConfig, start: int = 0, rank: int = 0, world: int = 1):
+        if cfg.batch_size % world:
+            raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {world} processes")
+        self.n, self.cfg, self.start, self.rank, self.world = n, cfg, start, rank, world
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
+            self._perms[epoch] = torch.randperm(self.n, generator=torch.Generator().manual_seed(_mix(self.cfg.seed, epoch)))
+        return self._perms[epoch]
+
+    def batch(self, step: int) -> list[tuple[int, int]]:
+        B = self.cfg.batch_size
+        per = B // self.world
+        out = []
+        for j in range(self.rank * per, (self.rank + 1) * per):
+            p = step * B + j
+            out.append((int(self._perm(p // self.n)[p % self.n]), _mix(self.cfg.seed, step, j, 1)))
+        return out
+
+    def __iter__(self):
+        for s in range(self.start, self.cfg.steps):
+            yield self.batch(s)
+
+    def __len__(self) -> int:
+        return max(0, self.cfg.steps - self.start)
+
+
+def _to(x, device):
+    if torch.is_tensor(x):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x
+
+
+def atomic_save(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a checkpoint is whole or absent."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot be read as a training checkpoint ({exc})") from exc
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+class Trainer:
+    """Train ``model`` on ``dataset`` (items indexed by ``(index, seed)`` pairs) into ``out_dir``.
+
+    If ``out_dir`` holds a checkpoint of the same configuration, training resumes from it; a
+    checkpoint of another configuration is an error (use another folder).
+    """
+
+    def __init__(self, model: nn.Module, dataset, cfg: TrainConfig, out_dir, meta: dict | None = None,
+                 progress: bool = True, collate_fn=None):
+        self.cfg, self.dataset, self.out = cfg, dataset, Path(out_dir)
+        self.rank, self.world, local = distributed_env()
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if cfg.device == "auto":
+            self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+        else:
+            self.device = torch.device(cfg.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        torch.manual_seed(cfg.seed)
+        self.module = model.to(self.device)
+        if cfg.sync_bn and self.world > 1:
+            self.module = nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
+        self.net = self.module
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        if cfg.optimizer == "sgd":
+            self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer in ("adam", "adamw"):
+            cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+            self.opt = cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        else:
+            raise ValueError(f"unknown optimizer {cfg.optimizer!r}: expected sgd, adam or adamw")
+        self.meta = meta or {}
+        self.progress = progress and self.rank == 0
+        self.collate_fn = collate_fn
+        self.step, self.history = 0, []
+        self.out.mkdir(parents=True, exist_ok=True)
+        if (self.out / CHECKPOINT).is_file():
+            self._resume(self.out / CHECKPOINT)
+
+    # -------------------------------------------------------------------- checkpoints
+
+    def _config_dict(self) -> dict:
+        d = asdict(self.cfg)
+        d["betas"], d["lr_milestones"] = list(d["betas"]), list(d["lr_milestones"])
+        return d
+
+    def _resume(self, path: Path) -> None:
+        ck = load_checkpoint(path)
+        saved = {k: v for k, v in ck["config"].items() if k not in ("steps", "log_every", "ckpt_every", "num_workers", "device")}
+        mine = {k: v for k, v in self._config_dict().items() if k in saved}
+        if saved != mine:
+            diff = {k: (saved[k], mine.get(k)) for k in saved if saved[k] != mine.get(k)}
+            raise RuntimeError(f"{path} was trained with other settings {diff} (saved, requested); "
+                               "use another output folder")
+        try:
+            self.module.load_state_dict(ck["model"])
+        except RuntimeError as exc:
+            raise ValueError(f"{path}: model state does not fit this model ({exc})") from exc
+        self.opt.load_state_dict(ck["optimizer"])
+        self.step, self.history = int(ck["step"]), list(ck["history"])
+        if self.progress:
+            print(f"resuming {path} at step {self.step}/{self.cfg.steps}")
+
+    def save(self) -> Path | None:
+        if self.rank != 0:
+            return None
+        ck = {
+            "model": self.module.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "step": self.step,
+            "config": self._config_dict(),
+            "meta": {**self.meta, **(self.module.checkpoint_meta() if hasattr(self.module, "checkpoint_meta") else {}),
+                     "world_size": self.world},
+            "history": self.history,
+        }
+        if hasattr(self.module, "encoder_state_dict"):
+            ck["encoder"] = self.module.encoder_state_dict()
+        atomic_save(ck, self.out / CHECKPOINT)
+        return self.out / CHECKPOINT
+
+    # -------------------------------------------------------------------- loop
+
+    def _log(self, rec: dict) -> None:
+        self.history.append(rec)
+        if self.rank == 0:
+            with open(self.out / LOG, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def fit(self) -> list[dict]:
+        cfg = self.cfg
+        if self.step >= cfg.steps:
+            return self.history
+        sampler = StepBatches(len(self.dataset), cfg, self.step, self.rank, self.world)
+        loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+                            collate_fn=self.collate_fn, pin_memory=self.device.type == "cuda")
+        self.net.train()
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, unit="step", desc=self.out.name)
+        sums, n_acc, t0 = {}, 0, time.time()
+        # Ctrl-C finishes the current step, saves, then stops: the checkpoint is always a step boundary.
+        interrupted = []
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+        try:
+            for batch in loader:
+                lr = lr_at(self.step, cfg)
+                for g in self.opt.param_groups:
+                    g["lr"] = lr
+                gen = torch.Generator().manual_seed(_mix(cfg.seed, self.step, 2))
+                out = self.net(_to(batch, self.device), gen=gen)
+                self.opt.zero_grad(set_to_none=True)
+                out["loss"].backward()
+                self.opt.step()
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                n_acc += 1
+                self.step += 1
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    means = torch.tensor([sums[k] / n_acc for k in sorted(sums)], device=self.device)
+                    if self.world > 1:
+                        dist.all_reduce(means)
+                        means /= self.world
+                    dt = time.time() - t0
+                    rec = {"step": self.step, "lr": lr, **dict(zip(sorted(sums), means.tolist())),
+                           "samples_per_s": n_acc * cfg.batch_size / max(dt, 1e-9)}
+                    self._log(rec)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}", sps=f"{rec['samples_per_s']:.1f}")
+                    sums, n_acc, t0 = {}, 0, time.time()
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps or interrupted:
+                    self.save()
+                bar.update(1)
+                if interrupted:
+                    raise KeyboardInterrupt(f"interrupted at step {self.step}; checkpoint saved in {self.out}")
+        finally:
+            bar.close()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        if self.world > 1:
+            dist.barrier()
+        return self.history

@@ -1,0 +1,178 @@
+"""Training machinery: schedules, data order, checkpoints, exact resume, DDP (gloo, 2 processes)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from stt.data import StillImages, TwoViews
+from stt.models import MoCo
+from stt.train import StepBatches, TrainConfig, Trainer, load_checkpoint, lr_at
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(steps=110, lr=1.0, warmup_steps=10, min_lr_ratio=0.001)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.001 + 0.999 * 0.5)
+    assert lr_at(110, cfg) == pytest.approx(0.001)
+
+
+def test_step_batches_cover_epochs_and_shard_across_ranks():
+    cfg = TrainConfig(steps=5, batch_size=4, seed=3)
+    single = StepBatches(10, cfg)
+    batches = [single.batch(s) for s in range(5)]  # 20 samples = 2 epochs of 10
+    idx = [i for b in batches for i, _ in b]
+    assert sorted(idx[:10]) == list(range(10)) and sorted(idx[10:]) == list(range(10))
+    r0, r1 = StepBatches(10, cfg, rank=0, world=2), StepBatches(10, cfg, rank=1, world=2)
+    for s in range(5):
+        assert r0.batch(s) + r1.batch(s) == batches[s]
+    assert StepBatches(10, cfg).batch(2) == batches[2]  # deterministic
+    assert len(list(StepBatches(10, cfg, start=3))) == 2
+    with pytest.raises(ValueError, match="divisible"):
+        StepBatches(10, TrainConfig(batch_size=3), world=2)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        (root / f"c{i % 2}").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(root / f"c{i % 2}" / f"{i:03d}.png")
+    return root
+
+
+def _moco_trainer(images_root, out, steps, **kw):
+    torch.manual_seed(0)
+    images = StillImages(images_root, out.parent / "cache", progress=False)
+    model = MoCo("resnet18", dim=16, queue_size=16, bn_splits=2)
+    cfg = TrainConfig(steps=steps, batch_size=4, lr=0.05, warmup_steps=1, log_every=1, ckpt_every=100, seed=5, **kw)
+    return Trainer(model, TwoViews(images, 32), cfg, out, meta={"test": True}, progress=False)
+
+
+def test_interrupted_run_resumes_exactly(image_folder, tmp_path):
+    ref = _moco_trainer(image_folder, tmp_path / "ref", 5).fit()
+
+    class Interrupting(TwoViews):
+        def __getitem__(self, key):
+            if key == self.trigger:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while step 2 loads its data
+            return super().__getitem__(key)
+
+    t = _moco_trainer(image_folder, tmp_path / "int", 5)
+    ds = Interrupting(t.dataset.images, 32)
+    ds.trigger = StepBatches(len(ds), t.cfg).batch(2)[0]
+    t.dataset = ds
+    with pytest.raises(KeyboardInterrupt, match="step 3"):
+        t.fit()
+    assert load_checkpoint(tmp_path / "int" / "checkpoint.pth")["step"] == 3
+    resumed = _moco_trainer(image_folder, tmp_path / "int", 5)
+    assert resumed.step == 3
+    hist = resumed.fit()
+    assert [h["step"] for h in hist] == [1, 2, 3, 4, 5]
+    for a, b in zip(hist, ref):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6), (a, b)
+    log = [json.loads(line) for line in (tmp_path / "int" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
+
+
+def test_checkpoint_contents_and_other_settings_refused(image_folder, tmp_path):
+    _moco_trainer(image_folder, tmp_path / "a", 2).fit()
+    ck = torch.load(tmp_path / "a" / "checkpoint.pth", weights_only=True)
+    assert ck["meta"]["kind"] == "moco" and ck["meta"]["input"] == "lab" and ck["meta"]["test"]
+    assert "conv1.weight" in ck["encoder"] and not any(k.startswith("fc.") for k in ck["encoder"])
+    assert not list((tmp_path / "a").glob("*.tmp"))
+    from stt.encoder import build_feature_model
+
+    model, _ = build_feature_model(str(tmp_path / "a" / "checkpoint.pth"))
+    assert torch.equal(model.encoder.conv1.weight, ck["encoder"]["conv1.weight"])
+    with pytest.raises(RuntimeError, match="other settings"):
+        _moco_trainer(image_folder, tmp_path / "a", 2, weight_decay=0.5)
+
+
+def test_corrupt_image_is_skipped_with_a_warning(image_folder, tmp_path):
+    import shutil
+
+    root = tmp_path / "imgs"
+    shutil.copytree(image_folder, root)
+    (root / "c0" / "000.png").write_bytes(b"broken")
+    images = StillImages(root, tmp_path / "cache", progress=False)
+    with pytest.warns(UserWarning, match="000.png"):
+        img = images.get(0)
+    assert img.shape == (40, 56, 3)
+
+
+def test_unreadable_video_is_skipped(tmp_path, shared_root):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "broken.mp4").write_bytes(b"\x00" * 1000)
+    os.symlink(shared_root / "videos" / "intel_asl_yes.mp4", videos / "good.mp4")
+    with pytest.warns(UserWarning, match="broken.mp4"):
+        images = StillImages(videos, tmp_path / "cache", fps=6, short_side=64, progress=False)
+    assert len(images) > 5 and images.get(0).shape[0] == 64
+
+
+LINEAR_SCRIPT = """
+import sys, torch
+from torch import nn
+from stt.train import TrainConfig, Trainer
+
+class Data(torch.utils.data.Dataset):
+    def __len__(self): return 16
+    def __getitem__(self, key):
+        i, _ = key
+        g = torch.Generator().manual_seed(i)
+        return torch.randn(3, generator=g), torch.randn(1, generator=g)
+
+class Lin(nn.Module):
+    def __init__(self):
+        super().__init__(); torch.manual_seed(0); self.l = nn.Linear(3, 1)
+    def forward(self, batch, gen=None):
+        x, y = batch
+        return {"loss": ((self.l(x) - y) ** 2).mean()}
+
+cfg = TrainConfig(steps=6, batch_size=8, lr=0.1, optimizer="sgd", momentum=0.0, weight_decay=0.0, log_every=1, device="cpu")
+Trainer(Lin(), Data(), cfg, sys.argv[1], progress=False).fit()
+"""
+
+
+def _torchrun(args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_ddp_two_processes_equal_one_process(tmp_path):
+    """Gradient averaging over 2 gloo ranks with half batches == one process with the full batch."""
+    script = tmp_path / "lin.py"
+    script.write_text(LINEAR_SCRIPT)
+    r = _torchrun([str(script), str(tmp_path / "ddp")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one")], check=True,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    a = torch.load(tmp_path / "ddp" / "checkpoint.pth", weights_only=True)
+    b = torch.load(tmp_path / "one" / "checkpoint.pth", weights_only=True)
+    assert a["meta"]["world_size"] == 2 and b["meta"]["world_size"] == 1
+    for k in b["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
+    assert [h["loss"] for h in a["history"]] == pytest.approx([h["loss"] for h in b["history"]], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_ddp_moco_smoke_through_the_cli(image_folder, tmp_path):
+    r = _torchrun(["-m", "stt.cli", "train", "spatial", "--config", "smoke", "--data", str(image_folder),
+                   "--out", str(tmp_path / "moco"), "--device", "cpu"], cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = torch.load(tmp_path / "moco" / "checkpoint.pth", weights_only=True)
+    assert ck["step"] == 4 and ck["meta"]["world_size"] == 2
+    assert all(np.isfinite(h["loss"]) for h in ck["history"])
