@@ -35,8 +35,11 @@ test: setup  ## unit tests, then every notebook at `smoke` scale under nbval
 full: setup  ## every notebook at the papers' scale (GPU; see notebooks/params/full.yaml)
 	$(PY) -m stt.runner --scale full --out runs/full
 
-bench: setup  ## speed and memory benchmarks (benchmarks/)
-	$(PY) benchmarks/propagation.py --json runs/bench-propagation.json
+bench: setup  ## speed and memory benchmarks (benchmarks/), results in runs/bench/
+	mkdir -p runs/bench
+	$(PY) benchmarks/propagation.py --json runs/bench/propagation.json
+	$(PY) benchmarks/stt_memory.py --json runs/bench/stt_memory.json
+	$(PY) benchmarks/train_step.py --json runs/bench/train_step.json
 
 publish:  ## regenerate the README results and figures/ from runs/small
 	$(PY) -m stt.runner --publish-only --out runs/small

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stt.data import DAVIS, StillImages, TwoViews, data_root, resize_short_side, to_tensor
+from stt.data import DAVIS, StillImages, TwoViews, data_path, resize_short_side, to_tensor
 from stt.encoder import build_feature_model
 from stt.evaluate import davis_or_synthetic, evaluate_davis
 from stt.losses import info_nce
@@ -68,7 +68,7 @@ device = "auto"
 # %%
 run_dir = Path(run_dir)
 fig_dir = run_dir / "figures"
-videos = (Path(video_root) if Path(video_root).is_absolute() else data_root() / video_root) if video_root else default_video_data()
+videos = data_path(video_root, default_video_data())
 settings = {**SPATIAL_COMMON, **SPATIAL[config]}
 if steps:
     settings["steps"] = steps

@@ -45,7 +45,7 @@ import torch
 
 from stt.affinity import dense_local_correlation_reference, local_correlation
 from stt.color import denormalize_lab, lab_to_rgb, rgb_to_normalized_lab
-from stt.data import DAVIS, FrameClips, VideoFrames, data_root
+from stt.data import DAVIS, FrameClips, VideoFrames, data_path
 from stt.evaluate import davis_or_synthetic, evaluate_davis
 from stt.losses import lab_channel_dropout, reconstruct, uncertainty, uncertainty_mask
 from stt.models import STT
@@ -78,7 +78,7 @@ device = "auto"
 # %%
 run_dir = Path(run_dir)
 fig_dir = run_dir / "figures"
-videos_path = (Path(video_root) if Path(video_root).is_absolute() else data_root() / video_root) if video_root else default_video_data()
+videos_path = data_path(video_root, default_video_data())
 settings = {**TEMPORAL_COMMON, **TEMPORAL[config]}
 overrides = {"steps": steps} if steps else {}
 step1 = run_dir / "spatial" / "checkpoint.pth"
@@ -120,10 +120,11 @@ axes[0].imshow(pair[0].permute(1, 2, 0))
 axes[0].set_title("reference")
 axes[1].imshow(pair[1].permute(1, 2, 0))
 axes[1].set_title("target")
+vlim = float(lab[0, :, ch].abs().max())  # a shared, symmetric colour scale for the channel
 axes[2].imshow(lab_to_rgb(denormalize_lab(x[0, 1] / 1.5)).permute(1, 2, 0))
-axes[2].set_title(f"target as the encoder sees it ({'ab'[ch - 1]} zeroed)")
-axes[3].imshow(lab[0, 1, ch], cmap="coolwarm", vmin=-0.6, vmax=0.6)
-axes[3].set_title(f"what must be reconstructed: {'ab'[ch - 1]}")
+axes[2].set_title(f"encoder's view ({'ab'[ch - 1]} zeroed)")
+axes[3].imshow(lab[0, 1, ch], cmap="coolwarm", vmin=-vlim, vmax=vlim)
+axes[3].set_title(f"to reconstruct: {'ab'[ch - 1]}")
 for ax in axes:
     ax.axis("off")
 save_figure(fig, "02_pretext_task", fig_dir)
@@ -255,7 +256,7 @@ fig, axes = plt.subplots(1, 5, figsize=(17, 3.3))
 for ax, img, title in [(axes[0], lab[0, 1, ch], f"true {'ab'[ch - 1]} (target)"),
                        (axes[1], y_tr[0, 0], "reconstructed, full STT"),
                        (axes[2], y_un[0, 0], "reconstructed, untrained")]:
-    ax.imshow(img, cmap="coolwarm", vmin=-0.6, vmax=0.6)
+    ax.imshow(img, cmap="coolwarm", vmin=-vlim, vmax=vlim)
     ax.set_title(title)
 axes[3].imshow(u, cmap="viridis")
 axes[3].set_title("uncertainty U at /8 (full STT)")

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from stt.color import lab_to_rgb, quantize_ab, rgb_to_lab
-from stt.data import DAVIS, VideoFrames, data_root
+from stt.data import DAVIS, VideoFrames, data_path
 from stt.evaluate import davis_or_synthetic, evaluate_davis
 from stt.models import CorrFlowEncoder
 from stt.propagation import propagate_recursive
@@ -61,6 +61,7 @@ video_root = ""  # training videos, absolute or under $STT_DATA; empty: $STT_DAT
 config = "small"  # preset of stt.recipes.CORRFLOW
 steps = 0  # override the preset's number of steps; 0: keep it
 ablation_steps = 150  # steps of each short with/without run (bottleneck; scheduled sampling + cycles)
+ablation_image_size = 64  # crop size of the short runs (smaller than the main run's, to keep them short)
 eval_short_side = 240  # DAVIS evaluation resolution (short side)
 eval_max_sequences = 0  # evaluate the first N DAVIS sequences; 0: all
 ablation_sequences = 5  # DAVIS sequences for the ablation comparisons
@@ -70,7 +71,7 @@ device = "auto"
 # %%
 run_dir = Path(run_dir)
 fig_dir = run_dir / "figures"
-videos_path = (Path(video_root) if Path(video_root).is_absolute() else data_root() / video_root) if video_root else default_video_data()
+videos_path = data_path(video_root, default_video_data())
 settings = {**CORRFLOW_COMMON, **CORRFLOW[config]}
 print(f"training data: {videos_path}\npreset {config!r}: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
 
@@ -131,7 +132,9 @@ plt.show()
 # the attention can simply point to any reference pixel *of the same colour*: the loss falls
 # without any tracking. The bottleneck removes that shortcut: with probability 0.7 one or two
 # RGB channels are zeroed (the same for the whole batch, the rest rescaled by 3/(3-n)), and with
-# probability 0.1 a clip's colours are jittered. Two short runs with the same budget:
+# probability 0.1 a clip's colours are jittered. Short runs with the same budget (and smaller
+# crops than the main run, to keep them short): with and without the bottleneck, and (for the
+# next section) without scheduled sampling and cycles.
 
 # %%
 ablation_runs = {
@@ -142,7 +145,7 @@ ablation_runs = {
 short = {}
 for label, (folder, kw) in ablation_runs.items():
     short[label] = train_corrflow(videos_path, run_dir / folder, config, centroids=centroids, device=device,
-                                  steps=ablation_steps, **kw)
+                                  steps=ablation_steps, image_size=ablation_image_size, **kw)
 fig, ax = plt.subplots(figsize=(6, 3))
 for label in ("with bottleneck", "without bottleneck"):
     h = load_checkpoint(short[label])["history"]

@@ -297,7 +297,7 @@ paper_rows = [
 ]
 data_desc = (f"{'synthetic stand-in' if synthetic else f'DAVIS-{ds.year} {ds.split}'}, {len(names)} sequences, "
              f"short side {short_side}")
-lines = [f"| model | J&F | J | F | J-recall | F-recall | data |", "|---|---|---|---|---|---|---|"]
+lines = ["| model | J&F | J | F | J-recall | F-recall | data |", "|---|---|---|---|---|---|---|"]
 for m, res in results.items():
     lines.append(f"| {m} (measured) | {100 * res['J&F-Mean']:.1f} | {100 * res['J-Mean']:.1f} | {100 * res['F-Mean']:.1f} "
                  f"| {100 * res['J-Recall']:.1f} | {100 * res['F-Recall']:.1f} | {data_desc} |")

@@ -123,6 +123,25 @@ def _add_train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun")
 
 
+def cmd_evaluate_jhmdb(a) -> int:
+    from .evaluate import evaluate_jhmdb
+
+    res = evaluate_jhmdb(a.data, a.model, a.out, a.size, _propagation_config(a), a.split, device=a.device,
+                         overwrite=a.overwrite)
+    print(f"PCK@0.1 {res['PCK@0.1']:.3f}   PCK@0.2 {res['PCK@0.2']:.3f}   ({res['clips']} clips, "
+          f"{res['frames_scored']} frames)\nresults: {a.out}/pck.json")
+    return 0
+
+
+def cmd_evaluate_vip(a) -> int:
+    from .evaluate import evaluate_vip
+
+    res = evaluate_vip(a.data, a.model, a.out, a.size, _propagation_config(a), a.split, device=a.device,
+                       overwrite=a.overwrite)
+    print(f"mIoU {res['mIoU']:.3f}   ({res['videos']} videos)\nresults: {a.out}/miou.json")
+    return 0
+
+
 def cmd_download(a) -> int:
     from .download import download_dataset
 
@@ -151,6 +170,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="common: SPEC section 5 for every model; corrflow: CorrFlow's own (previous frame, hard labels)")
     _add_propagation_args(d, PropagationConfig())
     d.set_defaults(func=cmd_evaluate_davis)
+
+    j = evs.add_parser("jhmdb", help="JHMDB keypoint propagation, PCK@0.1 / @0.2")
+    j.add_argument("--data", default=None, help="JHMDB folder or data root [$STT_DATA]")
+    j.add_argument("--model", default="random-r18", help="lab | random-r18 | random-r50 | checkpoint path")
+    j.add_argument("--out", required=True)
+    j.add_argument("--size", type=int, default=320, help="frames resized to size x size [320]")
+    j.add_argument("--split", type=int, default=1, help="official split number when split files exist [1]")
+    j.add_argument("--device", default="auto")
+    j.add_argument("--overwrite", action="store_true")
+    _add_propagation_args(j, PropagationConfig(radius=5))
+    j.set_defaults(func=cmd_evaluate_jhmdb)
+
+    v = evs.add_parser("vip", help="VIP part propagation, mIoU over 20 classes")
+    v.add_argument("--data", default=None, help="VIP_Fine folder or data root [$STT_DATA]")
+    v.add_argument("--model", default="random-r18", help="lab | random-r18 | random-r50 | checkpoint path")
+    v.add_argument("--out", required=True)
+    v.add_argument("--size", type=int, default=560, help="frames resized to size x size [560]")
+    v.add_argument("--split", default="val")
+    v.add_argument("--device", default="auto")
+    v.add_argument("--overwrite", action="store_true")
+    _add_propagation_args(v, PropagationConfig(radius=16))
+    v.set_defaults(func=cmd_evaluate_vip)
 
     tr = sub.add_parser("train", help="train a model (single process, or under torchrun for DDP)")
     trs = tr.add_subparsers(dest="recipe", required=True)

@@ -23,6 +23,14 @@ def data_root() -> Path:
     return Path(os.environ.get("STT_DATA", DEFAULT_DATA_ROOT)).expanduser()
 
 
+def data_path(path, default=None):
+    """A user-given dataset path: absolute as it is, relative under ``$STT_DATA``, empty -> ``default``."""
+    if not path:
+        return default
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else data_root() / path
+
+
 # ---------------------------------------------------------------------------- images
 
 
@@ -303,7 +311,7 @@ class VideoFrames:
                 else:
                     source, n = src, self._count(src)
             except (ValueError, FileNotFoundError) as exc:
-                warnings.warn(f"skipping {src}: {exc}")
+                warnings.warn(f"skipping {src}: {exc}", stacklevel=2)
                 self.skipped.append(str(src))
                 continue
             if n >= min_frames:
@@ -389,7 +397,7 @@ class StillImages:
             try:
                 return read_image(self.files[j - len(self.index)])
             except (ValueError, FileNotFoundError) as exc:
-                warnings.warn(f"skipping unreadable image: {exc}")
+                warnings.warn(f"skipping unreadable image: {exc}", stacklevel=2)
         raise ValueError("no readable image in the dataset")
 
 
@@ -435,3 +443,124 @@ class FrameClips(torch.utils.data.Dataset):
         v, t = self.index[idx]
         frames = self.videos.frames(v, range(t, t + self.n * self.gap, self.gap))
         return clip_crop(frames, self.size, torch.Generator().manual_seed(seed), self.scale, self.ratio)
+
+
+# ---------------------------------------------------------------------------- JHMDB and VIP
+
+JHMDB_JOINTS = ("neck", "belly", "face", "right shoulder", "left shoulder", "right hip", "left hip", "right elbow",
+                "left elbow", "right knee", "left knee", "right wrist", "left wrist", "right ankle", "left ankle")
+JHMDB_BONES = ((0, 2), (0, 1), (0, 3), (0, 4), (3, 7), (7, 11), (4, 8), (8, 12), (1, 5), (1, 6), (5, 9), (9, 13),
+               (6, 10), (10, 14))
+
+
+def _find_dataset(root, names, required) -> Path:
+    root = Path(root).expanduser() if root is not None else data_root()
+    for c in [root] + [root / n for n in names]:
+        if all((c / r).exists() for r in required):
+            return c
+    raise FileNotFoundError(f"no dataset under {root}: expected {', '.join(required)} in it or in one of "
+                            f"{', '.join(str(root / n) for n in names)}")
+
+
+class JHMDB:
+    """JHMDB in the official layout::
+
+        <root>/Frames/<action>/<clip>/%05d.png           (1-based frame numbers)
+        <root>/joint_positions/<action>/<clip>/joint_positions.mat   (pos_img: 2 x 15 x T, 1-based pixels)
+        <root>/splits/<action>_test_split<k>.txt        (optional: "<clip>.avi 1|2", 2 = test)
+
+    Without split files every clip that has both frames and joints is used.
+    """
+
+    def __init__(self, root=None, split: int = 1):
+        self.root = _find_dataset(root, ("JHMDB", "JHMDB_sample", "jhmdb"), ("Frames", "joint_positions"))
+        splits = sorted((self.root / "splits").glob(f"*_test_split{split}.txt")) if (self.root / "splits").is_dir() else []
+        names = []
+        if splits:
+            for f in splits:
+                action = f.name[: -len(f"_test_split{split}.txt")]
+                for line in f.read_text().split("\n"):
+                    parts = line.split()
+                    if len(parts) == 2 and parts[1] == "2":
+                        names.append(f"{action}/{Path(parts[0]).stem}")
+        else:
+            for mat in sorted((self.root / "joint_positions").glob("*/*/joint_positions.mat")):
+                name = f"{mat.parent.parent.name}/{mat.parent.name}"
+                if (self.root / "Frames" / name).is_dir():
+                    names.append(name)
+        if not names:
+            raise FileNotFoundError(f"no JHMDB clips with frames and joints under {self.root}")
+        self.names = names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Frames (T x H x W x 3 uint8) and joints (T x 15 x 2, (x, y), 1-based pixels)."""
+        from scipy.io import loadmat
+
+        frame_dir = self.root / "Frames" / name
+        frames = sorted(p for p in frame_dir.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not frames:
+            raise FileNotFoundError(f"no frames in {frame_dir}")
+        mat = self.root / "joint_positions" / name / "joint_positions.mat"
+        if not mat.is_file():
+            raise FileNotFoundError(f"joint annotations not found: {mat}")
+        try:
+            pos = np.asarray(loadmat(str(mat))["pos_img"], dtype=np.float64)
+        except Exception as exc:
+            raise ValueError(f"{mat}: cannot read 'pos_img' ({exc})") from exc
+        if pos.ndim != 3 or pos.shape[:2] != (2, 15):
+            raise ValueError(f"{mat}: pos_img has shape {pos.shape}, expected 2 x 15 x T")
+        if pos.shape[2] != len(frames):
+            raise ValueError(f"{mat}: joints for {pos.shape[2]} frames but {frame_dir} holds {len(frames)} frames")
+        return np.stack([read_image(p) for p in frames]), pos.transpose(2, 1, 0).copy()
+
+
+VIP_CLASSES = 20
+
+
+class VIP:
+    """VIP (Video Instance-level Parsing) ``VIP_Fine`` in the official layout::
+
+        <root>/Images/<video>/<frame>.jpg
+        <root>/Annotations/Category_ids/<video>/<frame>.png    (class ids 0..19, 255 = ignore)
+        <root>/lists/val_videos.txt                            (optional: one video a line)
+    """
+
+    def __init__(self, root=None, split: str = "val"):
+        self.root = _find_dataset(root, ("VIP_Fine", "VIP", "vip/VIP_Fine"), ("Images", "Annotations/Category_ids"))
+        lst = self.root / "lists" / f"{split}_videos.txt"
+        ann = self.root / "Annotations" / "Category_ids"
+        self.names = ([v.strip() for v in lst.read_text().split("\n") if v.strip()] if lst.is_file()
+                      else sorted(p.name for p in ann.iterdir() if p.is_dir()))
+        if not self.names:
+            raise FileNotFoundError(f"no VIP videos in {lst if lst.is_file() else ann}")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, name: str) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """Frames (T x H x W x 3) and, per frame, its class-id map or None when not annotated."""
+        img_dir = self.root / "Images" / name
+        frames = sorted(p for p in img_dir.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not frames:
+            raise FileNotFoundError(f"no frames in {img_dir}")
+        ann_dir = self.root / "Annotations" / "Category_ids" / name
+        first = ann_dir / (frames[0].stem + ".png")
+        if not first.is_file():
+            raise FileNotFoundError(f"{name}: the first frame has no annotation ({first}); propagation starts from it")
+        imgs = np.stack([read_image(p) for p in frames])
+        labels = []
+        for p in frames:
+            a = ann_dir / (p.stem + ".png")
+            if not a.is_file():
+                labels.append(None)
+                continue
+            with Image.open(a) as im:
+                lab = np.array(im)
+            if lab.ndim != 2 or lab.shape != imgs.shape[1:3]:
+                raise ValueError(f"{a}: expected a {imgs.shape[2]}x{imgs.shape[1]} single-channel class map, "
+                                 f"got shape {lab.shape}")
+            labels.append(lab.astype(np.uint8))
+        return imgs, labels

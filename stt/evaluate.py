@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data import DAVIS, find_davis, resize_short_side, to_tensor
+from .data import DAVIS, data_path, find_davis, resize_short_side, to_tensor
 from .encoder import build_feature_model
 from .metrics import evaluate_davis_sequence, summarize_davis, write_davis_csvs
 from .propagation import (
@@ -61,12 +61,12 @@ def resolve_davis_root(data: str | Path | None) -> tuple[Path, bool]:
 
 
 def davis_or_synthetic(data: str | Path | None = None) -> tuple[Path, bool]:
-    """A real DAVIS folder if one is found under ``data`` (or ``$STT_DATA``), else the synthetic
-    stand-in, saying so. Returns (folder, is_synthetic)."""
+    """A real DAVIS folder if one is found under ``data`` (relative paths are under ``$STT_DATA``;
+    empty: ``$STT_DATA`` itself), else the synthetic stand-in, saying so. Returns (folder, is_synthetic)."""
     if str(data) == "synthetic":
         return resolve_davis_root("synthetic")
     try:
-        return find_davis(data or None), False
+        return find_davis(data_path(data)), False
     except FileNotFoundError as exc:
         print(f"{exc}\n-> using the procedural synthetic DAVIS stand-in instead "
               "(numbers on it only show that the pipeline runs)")
@@ -80,12 +80,25 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 @torch.no_grad()
-def iter_features(model, frames: np.ndarray, short_side: int | None, stride: int, device, batch: int = 4) -> Iterator[torch.Tensor]:
-    """Yield the C x h x w feature map of each frame (T x H x W x 3 uint8), ``batch`` at a time."""
+def iter_features(model, frames: np.ndarray, short_side: int | None, stride: int, device, batch: int = 4,
+                  square: int | None = None) -> Iterator[torch.Tensor]:
+    """Yield the C x h x w feature map of each frame (T x H x W x 3 uint8), ``batch`` at a time.
+    Frames are resized to ``short_side`` (DAVIS), or to ``square`` x ``square`` (JHMDB, VIP)."""
     for s in range(0, len(frames), batch):
-        x = resize_short_side(to_tensor(frames[s : s + batch]), short_side, stride).to(device)
-        for f in model(x):
+        x = to_tensor(frames[s : s + batch])
+        if square:
+            x = torch.nn.functional.interpolate(x, size=(square, square), mode="bilinear", align_corners=False,
+                                                antialias=True).clamp_(0, 1)
+        else:
+            x = resize_short_side(x, short_side, stride)
+        for f in model(x.to(device)):
             yield f
+
+
+def model_identity(desc: dict) -> dict:
+    """What identifies a model's weights in cached results: the file digest of a checkpoint (not its
+    path, so a moved checkpoint is still recognised), else its name and settings."""
+    return {k: v for k, v in desc.items() if k != "name" or "file" not in desc}
 
 
 def net_radius(model: str) -> int:
@@ -113,7 +126,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
+def _check_settings(out: Path, settings: dict, overwrite: bool, subdirs=("predictions", "sequences")) -> None:
     path = out / "settings.json"
     if path.is_file():
         old = json.loads(path.read_text())
@@ -124,7 +137,7 @@ def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
                     f"{out} holds results computed with other settings {diff} (old, new); "
                     "use another --out, or --overwrite to discard them"
                 )
-            for sub in ("predictions", "sequences"):
+            for sub in subdirs:
                 shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True))
@@ -137,13 +150,13 @@ def scaled_config(cfg: PropagationConfig, stride: int) -> PropagationConfig:
 
 def predict_sequence(model, stride: int, frames: np.ndarray, first_ids: np.ndarray, n_objects: int,
                      short_side: int | None, cfg: PropagationConfig, device,
-                     protocol: str = "common", radius: int = 6) -> Iterator[np.ndarray]:
+                     protocol: str = "common", radius: int = 6, square: int | None = None) -> Iterator[np.ndarray]:
     """Propagate the first frame's id map through ``frames``; yields id maps of frames 1..T-1.
 
     ``protocol``: "common" (SPEC section 5, ``cfg``) or "corrflow" (previous frame only, hard
     labels, the model's own attention with ``radius``)."""
     size = first_ids.shape
-    feats = iter_features(model, frames, short_side, stride, device)
+    feats = iter_features(model, frames, short_side, stride, device, square=square)
     first = next(feats)
     first_label = downsample_labels(torch.from_numpy(first_ids).to(device), n_objects + 1,
                                     first.shape[-2:], cfg.first_label)
@@ -210,7 +223,7 @@ def evaluate_davis(
     settings = {
         "dataset": {"root": str(Path(root).resolve()), "year": ds.year, "split": ds.split,
                     "sequences": ds.names, "synthetic": synthetic},
-        "model": {k: v for k, v in desc.items() if k != "name" or "file" not in desc},
+        "model": model_identity(desc),
         "short_side": short_side,
         "propagation": prop,
     }
@@ -256,3 +269,102 @@ def evaluate_davis(
     global_res, rows = summarize_davis(per_seq)
     write_davis_csvs(out, global_res, rows, ds.split)
     return global_res
+
+
+# ---------------------------------------------------------------------------- JHMDB and VIP
+
+
+def evaluate_jhmdb(data=None, model: str = "random-r18", out: str | Path = "runs/eval/jhmdb", size: int = 320,
+                   cfg: PropagationConfig | None = None, split: int = 1, sigma: float = 0.5, device: str = "auto",
+                   overwrite: bool = False, progress: bool = True) -> dict:
+    """Keypoint propagation on JHMDB and PCK (SPEC sections 5-6): frames resized to size x size,
+    joints as Gaussian heatmaps on the feature grid + background, the common protocol (radius 5
+    stride-8 cells by default), each joint read back as the weighted mean of its top-3 cells.
+    Writes ``clips/<action>__<clip>.npz`` (predicted joints; the resume points) and ``pck.json``."""
+    from .data import JHMDB
+    from .metrics import joints_visible, pck
+    from .propagation import heatmaps_to_joints, joints_to_heatmaps
+
+    cfg = cfg or PropagationConfig(radius=5)
+    ds = JHMDB(data, split)
+    dev = pick_device(device)
+    net, desc = build_feature_model(model)
+    net = net.to(dev)
+    settings = {"dataset": {"root": str(ds.root.resolve()), "split": split, "clips": ds.names}, "size": size,
+                "sigma": sigma, "model": model_identity(desc),
+                "propagation": scaled_config(cfg, net.stride).as_dict()}
+    out = Path(out)
+    _check_settings(out, settings, overwrite, subdirs=("clips",))
+    (out / "clips").mkdir(exist_ok=True)
+    todo = [n for n in ds.names if not (out / "clips" / f"{n.replace('/', '__')}.npz").is_file()]
+    for name in tqdm(todo, desc=f"{desc['name']} on JHMDB", unit="clip", disable=not progress):
+        frames, joints = ds.load(name)
+        size_hw = frames.shape[1:3]
+        feats = iter_features(net, frames, None, net.stride, dev, square=size)
+        first = next(feats)
+        heat0 = joints_to_heatmaps(torch.from_numpy(joints[0]), size_hw, first.shape[-2:], sigma).to(dev)
+
+        def stream():
+            yield first
+            yield from feats
+
+        pred = [joints[0]]
+        with torch.no_grad():
+            for soft in propagate_video(stream(), heat0, scaled_config(cfg, net.stride)):
+                pred.append(heatmaps_to_joints(soft[:-1].cpu(), size_hw).double().numpy())
+        _atomic_save_npz(out / "clips" / f"{name.replace('/', '__')}.npz", pred=np.stack(pred), gt=joints,
+                         size=np.array(size_hw))
+    preds, gts, vis = [], [], []
+    for name in ds.names:
+        z = np.load(out / "clips" / f"{name.replace('/', '__')}.npz")
+        preds.append(z["pred"][1:])  # frame 0 is given, not scored
+        gts.append(z["gt"][1:])
+        vis.append(joints_visible(z["gt"][1:], tuple(z["size"])))
+    res = pck(np.concatenate(preds), np.concatenate(gts), np.concatenate(vis))
+    summary = {f"PCK@{a}": r["mean"] for a, r in res.items()}
+    summary.update({f"PCK@{a} per joint": [None if np.isnan(v) else float(v) for v in r["per_joint"]]
+                    for a, r in res.items()})
+    summary["clips"], summary["frames_scored"] = len(ds.names), int(sum(len(p) for p in preds))
+    _atomic_write_text(out / "pck.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def evaluate_vip(data=None, model: str = "random-r18", out: str | Path = "runs/eval/vip", size: int = 560,
+                 cfg: PropagationConfig | None = None, split: str = "val", device: str = "auto",
+                 overwrite: bool = False, progress: bool = True) -> dict:
+    """Part propagation on VIP and mIoU (SPEC sections 5-6): frames resized to size x size, the
+    first frame's 20-class map as one-hot labels, the common protocol (radius 16 stride-8 cells by
+    default), predictions upsampled to the original size; one 20 x 20 confusion matrix over every
+    annotated frame after the first of every video. Writes ``videos/<v>.npz`` (confusion matrix;
+    the resume points) and ``miou.json``."""
+    from .data import VIP, VIP_CLASSES
+    from .metrics import confusion_matrix, mean_iou
+
+    cfg = cfg or PropagationConfig(radius=16)
+    ds = VIP(data, split)
+    dev = pick_device(device)
+    net, desc = build_feature_model(model)
+    net = net.to(dev)
+    settings = {"dataset": {"root": str(ds.root.resolve()), "split": split, "videos": ds.names}, "size": size,
+                "model": model_identity(desc),
+                "propagation": scaled_config(cfg, net.stride).as_dict()}
+    out = Path(out)
+    _check_settings(out, settings, overwrite, subdirs=("videos",))
+    (out / "videos").mkdir(exist_ok=True)
+    todo = [n for n in ds.names if not (out / "videos" / f"{n}.npz").is_file()]
+    for name in tqdm(todo, desc=f"{desc['name']} on VIP", unit="video", disable=not progress):
+        frames, labels = ds.load(name)
+        first_ids = labels[0].astype(np.int64)
+        first_ids[first_ids >= VIP_CLASSES] = 0  # ignore pixels start as background
+        conf = np.zeros((VIP_CLASSES, VIP_CLASSES), np.int64)
+        for lab, ids in zip(labels[1:], predict_sequence(net, net.stride, frames, first_ids, VIP_CLASSES - 1, None,
+                                                          cfg, dev, square=size)):
+            if lab is not None:
+                conf += confusion_matrix(lab, ids, VIP_CLASSES)
+        _atomic_save_npz(out / "videos" / f"{name}.npz", confusion=conf)
+    total = sum(np.load(out / "videos" / f"{n}.npz")["confusion"] for n in ds.names)
+    miou, per_class = mean_iou(total)
+    summary = {"mIoU": miou, "IoU per class": [None if np.isnan(v) else float(v) for v in per_class],
+               "videos": len(ds.names)}
+    _atomic_write_text(out / "miou.json", json.dumps(summary, indent=2))
+    return summary

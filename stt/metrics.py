@@ -176,3 +176,57 @@ def write_davis_csvs(out_dir: str | Path, global_res: dict, rows: list, subset: 
         for name, j, fm in rows:
             w.writerow([name, f"{j:.3f}", f"{fm:.3f}"])
     return g_path, s_path
+
+
+# ---------------------------------------------------------------------------- JHMDB: PCK
+
+
+def joints_visible(joints: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A joint (x, y in 1-based pixels) is visible when it lies inside the frame (H, W)."""
+    H, W = size
+    x, y = joints[..., 0], joints[..., 1]
+    return (x >= 1) & (x <= W) & (y >= 1) & (y <= H)
+
+
+def pck_threshold(gt: np.ndarray) -> np.ndarray:
+    """0.6 x the diagonal of the bounding box of the ground-truth joints (... x J x 2 -> ...)."""
+    span = gt.max(axis=-2) - gt.min(axis=-2)
+    return 0.6 * np.hypot(span[..., 0], span[..., 1])
+
+
+def pck(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, alphas=(0.1, 0.2)) -> dict:
+    """PCK@alpha (SPEC section 6): a visible joint is correct when its error is at most alpha x
+    :func:`pck_threshold`; per joint over all scored frames, then the mean over joints.
+
+    pred, gt: N x J x 2 (frames to score: frame 0 already excluded), visible: N x J.
+    Returns {alpha: {"per_joint": J array (nan for a joint never visible), "mean": float}}.
+    """
+    err = np.linalg.norm(pred - gt, axis=-1) / np.maximum(pck_threshold(gt)[:, None], 1e-9)  # N x J
+    out = {}
+    n_vis = visible.sum(0)
+    for a in alphas:
+        correct = ((err <= a) & visible).sum(0)
+        per_joint = np.where(n_vis > 0, correct / np.maximum(n_vis, 1), np.nan)
+        out[a] = {"per_joint": per_joint, "mean": float(np.nanmean(per_joint))}
+    return out
+
+
+# ---------------------------------------------------------------------------- VIP: mIoU
+
+
+def confusion_matrix(gt: np.ndarray, pred: np.ndarray, n_classes: int, ignore: int = 255) -> np.ndarray:
+    """n x n counts, rows = ground truth, columns = prediction; ``ignore`` pixels skipped."""
+    gt, pred = np.asarray(gt).ravel().astype(np.int64), np.asarray(pred).ravel().astype(np.int64)
+    keep = (gt != ignore) & (gt < n_classes)
+    return np.bincount(n_classes * gt[keep] + pred[keep], minlength=n_classes**2).reshape(n_classes, n_classes)
+
+
+def mean_iou(conf: np.ndarray) -> tuple[float, np.ndarray]:
+    """IoU_c = diag / (row + col - diag) from one confusion matrix over all frames of all videos;
+    mIoU = nanmean over classes (a class absent from both ground truth and prediction is nan)."""
+    conf = conf.astype(np.float64)
+    diag = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - diag
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, diag / union, np.nan)
+    return float(np.nanmean(iou)), iou

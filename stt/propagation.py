@@ -179,3 +179,35 @@ def propagate_recursive(features: Iterable[torch.Tensor], first_label: torch.Ten
         yield y
         prev_l = F.one_hot(y.argmax(0), K).permute(2, 0, 1).float() if hard else y
         prev_f = f
+
+
+def joints_to_heatmaps(joints: torch.Tensor, frame_size: tuple[int, int], grid: tuple[int, int],
+                       sigma: float = 0.5) -> torch.Tensor:
+    """JHMDB labels on the feature grid (SPEC section 6): one Gaussian heatmap per joint (sigma in
+    grid cells, peak 1) plus a background channel ``max(0, 1 - sum of the joints)``.
+
+    joints: J x 2 (x, y) in 1-based pixels of a frame of ``frame_size`` (H, W); grid (h, w).
+    Returns (J + 1) x h x w, background last."""
+    H, W = frame_size
+    h, w = grid
+    gx = (joints[:, 0] - 0.5) * w / W - 0.5  # pixel centre -> cell coordinate (cell centres at integers)
+    gy = (joints[:, 1] - 0.5) * h / H - 0.5
+    ys = torch.arange(h, dtype=joints.dtype, device=joints.device).view(1, h, 1)
+    xs = torch.arange(w, dtype=joints.dtype, device=joints.device).view(1, 1, w)
+    heat = torch.exp(-((xs - gx.view(-1, 1, 1)) ** 2 + (ys - gy.view(-1, 1, 1)) ** 2) / (2 * sigma**2))
+    bg = (1 - heat.sum(0, keepdim=True)).clamp(min=0)
+    return torch.cat([heat, bg]).float()
+
+
+def heatmaps_to_joints(heat: torch.Tensor, frame_size: tuple[int, int], k: int = 3) -> torch.Tensor:
+    """Each joint's position as the value-weighted mean of its ``k`` highest cells, in 1-based
+    pixels of a frame of ``frame_size``. heat: J x h x w (joint channels only) -> J x 2 (x, y)."""
+    J, h, w = heat.shape
+    H, W = frame_size
+    v, i = heat.flatten(1).topk(k, dim=1)  # J x k
+    wts = v.clamp(min=0)
+    wts = torch.where(wts.sum(1, keepdim=True) > 0, wts, torch.ones_like(wts))
+    wts = wts / wts.sum(1, keepdim=True)
+    gx = ((i % w).float() * wts).sum(1)
+    gy = ((i // w).float() * wts).sum(1)
+    return torch.stack([(gx + 0.5) * W / w + 0.5, (gy + 0.5) * H / h + 0.5], dim=1)

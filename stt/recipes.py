@@ -37,8 +37,16 @@ def cache_dir() -> Path:
 
 
 def default_video_data() -> Path:
-    """Where unlabelled training video is looked for: ``$STT_DATA/videos``."""
-    return data_root() / "videos"
+    """Where unlabelled training video is looked for: ``$STT_DATA/videos``; when that folder does
+    not exist, procedural synthetic videos are generated (and the fallback is announced)."""
+    real = data_root() / "videos"
+    if real.is_dir():
+        return real
+    from .synthetic import make_synthetic_videos
+
+    print(f"no training videos at {real}: using procedural synthetic videos instead "
+          "(the pipeline runs end to end; what it learns says nothing about real video)")
+    return make_synthetic_videos(cache_dir() / "synthetic-videos")
 
 
 def _settings(presets: dict, common: dict, config: str, overrides: dict) -> dict:
@@ -127,7 +135,7 @@ def train_temporal(data=None, out="runs/temporal", config: str = "small", init=N
 # 3-frame clips, interval 4 (4 raw frames at 30 fps: 7.5 stored frames per second), 256 x 256.
 CORRFLOW = {
     "smoke": dict(steps=3, batch_size=2, image_size=64, max_videos=2, kmeans_frames=20, log_every=1, ckpt_every=2),
-    "small": dict(steps=300, batch_size=6, image_size=128, max_videos=None, kmeans_frames=300, log_every=10,
+    "small": dict(steps=200, batch_size=6, image_size=96, max_videos=None, kmeans_frames=300, log_every=10,
                   ckpt_every=50, num_workers=1),
     "full": dict(steps=1_200_000 // 6, batch_size=6, image_size=256, max_videos=None, kmeans_frames=5000,
                  log_every=100, ckpt_every=5000, num_workers=6, short_side=None, cache=False,

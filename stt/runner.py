@@ -37,7 +37,8 @@ from .viz import shrink_png
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 SCALES = ("smoke", "small", "full")
-PUBLISHED_FIGURES = ("04_propagation_strip", "04_protocol_options", "04_affinity_query")
+PUBLISHED_FIGURES = ("06_all_models", "06_qualitative", "06_explorer_affinity", "02_reconstruction_uncertainty",
+                     "03_drift", "05_skeletons", "04_protocol_options")
 
 
 def notebook_paths(only=None) -> list[Path]:
@@ -126,6 +127,9 @@ def publish(run_dir: Path, readme: Path = REPO / "README.md", figures: Path = RE
             done.append(name)
     readme.write_text(text)
     figures.mkdir(exist_ok=True)
+    for stale in figures.glob("*.png"):
+        if stale.stem not in PUBLISHED_FIGURES:
+            stale.unlink()
     for name in PUBLISHED_FIGURES:
         src = run_dir / "figures" / f"{name}.png"
         if src.is_file():

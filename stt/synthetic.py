@@ -70,7 +70,11 @@ def render_sequence(seed: int, n_frames: int = 24, size=(240, 432), n_objects: i
             c = torch.stack([c[0].clamp(0, H - 1), c[1].clamp(0, W - 1)])
             ang = o["spin"] * t
             scale = 1.0 + o["wobble"] * math.sin(0.3 * t)
-            dy, dx = ys - c[0], xs - c[1]
+            # Only the box that can hold the object is rendered.
+            reach = o["radius"] * (1 + float(o["harm"].abs().sum())) * scale + 2
+            y0, y1 = max(0, int(c[0] - reach)), min(H, int(c[0] + reach) + 1)
+            x0, x1 = max(0, int(c[1] - reach)), min(W, int(c[1] + reach) + 1)
+            dy, dx = ys[y0:y1, x0:x1] - c[0], xs[y0:y1, x0:x1] - c[1]
             # Object coordinates: rotate back and scale.
             u = (math.cos(ang) * dx + math.sin(ang) * dy) / scale
             v = (-math.sin(ang) * dx + math.cos(ang) * dy) / scale
@@ -79,8 +83,8 @@ def render_sequence(seed: int, n_frames: int = 24, size=(240, 432), n_objects: i
             inside = (u * u + v * v).sqrt() <= rad
             grid = torch.stack([u / (2 * o["radius"]), v / (2 * o["radius"])], -1)[None]
             tex = F.grid_sample(o["tex"][None], grid, mode="bilinear", padding_mode="reflection", align_corners=False)[0]
-            img = torch.where(inside[None], tex, img)
-            mask[inside] = i
+            img[:, y0:y1, x0:x1] = torch.where(inside[None], tex, img[:, y0:y1, x0:x1])
+            mask[y0:y1, x0:x1][inside] = i
         frames.append((img.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
         masks.append(mask.numpy())
     return np.stack(frames), np.stack(masks)
@@ -111,5 +115,59 @@ def make_synthetic_davis(
             im.save(root / "Annotations" / "480p" / name / f"{t:05d}.png")
     (root / "ImageSets" / "2017").mkdir(parents=True, exist_ok=True)
     (root / "ImageSets" / "2017" / "val.txt").write_text("\n".join(names) + "\n")
+    stamp.write_text(settings)
+    return root
+
+
+def make_synthetic_vip(root: str | Path, n_videos: int = 2, n_frames: int = 12, size=(120, 160), seed: int = 0,
+                       annotate_every: int = 1) -> Path:
+    """A synthetic stand-in in the official ``VIP_Fine`` layout (no real VIP data is reachable
+    here): each rendered object is cut into an upper and a lower "part" with their own class ids
+    (1..19; 0 = background). Frames without annotation (``annotate_every`` > 1) test that
+    propagation runs through unannotated frames."""
+    root = Path(root)
+    settings = f"vip n_videos={n_videos} n_frames={n_frames} size={tuple(size)} seed={seed} every={annotate_every}\n"
+    stamp = root / "SETTINGS"
+    if stamp.is_file() and stamp.read_text() == settings:
+        return root
+    names = [f"videos{seed:03d}{i:02d}" for i in range(n_videos)]
+    for i, name in enumerate(names):
+        frames, masks = render_sequence(seed * 1000 + 500 + i, n_frames, size)
+        (root / "Images" / name).mkdir(parents=True, exist_ok=True)
+        (root / "Annotations" / "Category_ids" / name).mkdir(parents=True, exist_ok=True)
+        for t, (f, m) in enumerate(zip(frames, masks)):
+            Image.fromarray(f).save(root / "Images" / name / f"{t:012d}.jpg", quality=95)
+            if t % annotate_every:
+                continue
+            classes = np.zeros_like(m)
+            for obj in np.unique(m[m > 0]):
+                ys = np.nonzero(m == obj)[0]
+                mid = (ys.min() + ys.max()) / 2
+                rows = np.arange(m.shape[0])[:, None]
+                classes[(m == obj) & (rows < mid)] = (2 * obj - 1) % 19 + 1
+                classes[(m == obj) & (rows >= mid)] = (2 * obj) % 19 + 1
+            Image.fromarray(classes.astype(np.uint8), mode="L").save(
+                root / "Annotations" / "Category_ids" / name / f"{t:012d}.png")
+    (root / "lists").mkdir(parents=True, exist_ok=True)
+    (root / "lists" / "val_videos.txt").write_text("\n".join(names) + "\n")
+    stamp.write_text(settings)
+    return root
+
+
+def make_synthetic_videos(root: str | Path, n_videos: int = 8, n_frames: int = 30, size=(240, 320),
+                          seed: int = 0) -> Path:
+    """Unlabelled stand-in training videos as frame folders (``<root>/<video>/%05d.jpg``), for a
+    machine without any real video: the notebooks and ``stt train`` still run end to end."""
+    root = Path(root)
+    settings = f"videos n_videos={n_videos} n_frames={n_frames} size={tuple(size)} seed={seed}\n"
+    stamp = root / "SETTINGS"
+    if stamp.is_file() and stamp.read_text() == settings:
+        return root
+    for i in range(n_videos):
+        frames, _ = render_sequence(seed * 1000 + 900 + i, n_frames, size)
+        d = root / f"synthetic-video-{i:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        for t, f in enumerate(frames):
+            Image.fromarray(f).save(d / f"{t:05d}.jpg", quality=95)
     stamp.write_text(settings)
     return root

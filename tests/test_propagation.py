@@ -33,7 +33,7 @@ def _naive_step(query, first_f, first_l, prev_f, prev_l, cfg):
         cand.sort(key=lambda t: -t[0])
         top = cand[: cfg.topk]
         z = [math.exp(v / cfg.temperature) for v, _ in top]
-        for (v, lab), e in zip(top, z):
+        for (_, lab), e in zip(top, z):
             out[:, y, x] += e / sum(z) * lab
     return out
 

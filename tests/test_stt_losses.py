@@ -95,7 +95,6 @@ def test_pooled_fine_affinity_equals_dense_pooling():
     a4 = corr.softmax(-1)
     ours = pool_fine_affinity(a4, r4, r8)
     # Dense: scatter each window row into the full reference grid, average-pool both grids.
-    D4, D8 = 2 * r4 + 1, 2 * r8 + 1
     dense = torch.zeros(B, h4 * w4, h4 * w4)
     for qy, qx in itertools.product(range(h4), range(w4)):
         for d, (dy, dx) in enumerate(itertools.product(range(-r4, r4 + 1), repeat=2)):

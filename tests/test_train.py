@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from stt.data import StillImages, TwoViews
 from stt.models import MoCo
@@ -176,3 +175,14 @@ def test_ddp_moco_smoke_through_the_cli(image_folder, tmp_path):
     ck = torch.load(tmp_path / "moco" / "checkpoint.pth", weights_only=True)
     assert ck["step"] == 4 and ck["meta"]["world_size"] == 2
     assert all(np.isfinite(h["loss"]) for h in ck["history"])
+
+
+def test_training_falls_back_to_synthetic_videos(tmp_path, monkeypatch, capsys):
+    from stt.recipes import default_video_data, train_spatial
+
+    monkeypatch.setenv("STT_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("STT_CACHE", str(tmp_path / "cache"))
+    videos = default_video_data()
+    assert "synthetic" in capsys.readouterr().out and len(list(videos.glob("*/*.jpg"))) == 8 * 30
+    ck = train_spatial(None, tmp_path / "out", "smoke", progress=False, steps=1)
+    assert torch.load(ck, weights_only=True)["step"] == 1
