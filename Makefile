@@ -40,6 +40,7 @@ bench: setup  ## speed and memory benchmarks (benchmarks/), results in runs/benc
 	$(PY) benchmarks/propagation.py --json runs/bench/propagation.json
 	$(PY) benchmarks/stt_memory.py --json runs/bench/stt_memory.json
 	$(PY) benchmarks/train_step.py --json runs/bench/train_step.json
+	$(PY) benchmarks/summarize.py runs/bench runs/small/results/bench.md
 
 publish:  ## regenerate the README results and figures/ from runs/small
 	$(PY) -m stt.runner --publish-only --out runs/small

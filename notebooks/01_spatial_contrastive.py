@@ -43,12 +43,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stt.data import DAVIS, StillImages, TwoViews, data_path, resize_short_side, to_tensor
+from stt.data import DAVIS, StillImages, TwoViews, cache_dir, data_path, resize_short_side, to_tensor
 from stt.encoder import build_feature_model
 from stt.evaluate import davis_or_synthetic, evaluate_davis
 from stt.losses import info_nce
 from stt.propagation import normalize_features
-from stt.recipes import SPATIAL, SPATIAL_COMMON, cache_dir, default_video_data, train_spatial
+from stt.recipes import SPATIAL, SPATIAL_COMMON, default_video_data, train_spatial
 from stt.train import load_checkpoint
 from stt.viz import save_figure
 

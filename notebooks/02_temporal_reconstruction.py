@@ -45,14 +45,13 @@ import torch
 
 from stt.affinity import dense_local_correlation_reference, local_correlation
 from stt.color import denormalize_lab, lab_to_rgb, rgb_to_normalized_lab
-from stt.data import DAVIS, FrameClips, VideoFrames, data_path
+from stt.data import DAVIS, FrameClips, VideoFrames, cache_dir, data_path
 from stt.evaluate import davis_or_synthetic, evaluate_davis
 from stt.losses import lab_channel_dropout, reconstruct, uncertainty, uncertainty_mask
 from stt.models import STT
 from stt.recipes import (
     TEMPORAL,
     TEMPORAL_COMMON,
-    cache_dir,
     default_video_data,
     train_spatial,
     train_temporal,

@@ -43,11 +43,11 @@ import torch
 import torch.nn.functional as F
 
 from stt.color import lab_to_rgb, quantize_ab, rgb_to_lab
-from stt.data import DAVIS, VideoFrames, data_path
+from stt.data import DAVIS, VideoFrames, cache_dir, data_path
 from stt.evaluate import davis_or_synthetic, evaluate_davis
 from stt.models import CorrFlowEncoder
 from stt.propagation import propagate_recursive
-from stt.recipes import CORRFLOW, CORRFLOW_COMMON, cache_dir, default_video_data, train_corrflow
+from stt.recipes import CORRFLOW, CORRFLOW_COMMON, default_video_data, train_corrflow
 from stt.train import load_checkpoint
 from stt.viz import save_figure
 

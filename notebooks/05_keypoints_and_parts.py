@@ -42,8 +42,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from stt.data import JHMDB, JHMDB_BONES, JHMDB_JOINTS, data_path
-from stt.evaluate import default_cache, evaluate_jhmdb, evaluate_vip
+from stt.data import JHMDB, JHMDB_BONES, JHMDB_JOINTS, cache_dir, data_path
+from stt.evaluate import evaluate_jhmdb, evaluate_vip
 from stt.propagation import heatmaps_to_joints, joints_to_heatmaps
 from stt.synthetic import make_synthetic_vip
 from stt.viz import save_figure
@@ -221,7 +221,7 @@ print(table)
 if vip_root:
     vip_data, vip_synthetic = data_path(vip_root), False
 else:
-    vip_data, vip_synthetic = make_synthetic_vip(default_cache() / "synthetic-vip" / "VIP_Fine", n_videos=3,
+    vip_data, vip_synthetic = make_synthetic_vip(cache_dir() / "synthetic-vip" / "VIP_Fine", n_videos=3,
                                                  n_frames=16, size=(240, 320)), True
 vip_results = {}
 for label, model in model_list.items():

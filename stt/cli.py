@@ -96,8 +96,8 @@ def cmd_train_corrflow(a) -> int:
 def cmd_color_clusters(a) -> int:
     import torch
 
-    from .data import VideoFrames, data_root
-    from .recipes import cache_dir, color_clusters
+    from .data import VideoFrames, cache_dir, data_root
+    from .recipes import color_clusters
 
     videos = VideoFrames(a.data or data_root() / "videos", cache_dir() / "frames", a.fps, 256, a.max_videos)
     c = color_clusters(videos, a.k, a.frames, a.seed)

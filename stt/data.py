@@ -23,6 +23,11 @@ def data_root() -> Path:
     return Path(os.environ.get("STT_DATA", DEFAULT_DATA_ROOT)).expanduser()
 
 
+def cache_dir() -> Path:
+    """``$STT_CACHE`` or ``~/.cache/stt``: decoded frame caches and generated (synthetic) data."""
+    return Path(os.environ.get("STT_CACHE", "~/.cache/stt")).expanduser()
+
+
 def data_path(path, default=None):
     """A user-given dataset path: absolute as it is, relative under ``$STT_DATA``, empty -> ``default``."""
     if not path:

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data import DAVIS, data_path, find_davis, resize_short_side, to_tensor
+from .data import DAVIS, cache_dir, data_path, find_davis, resize_short_side, to_tensor
 from .encoder import build_feature_model
 from .metrics import evaluate_davis_sequence, summarize_davis, write_davis_csvs
 from .propagation import (
@@ -38,15 +38,9 @@ from .propagation import (
     upsample_predictions,
 )
 
-PROTOCOLS = ("common", "corrflow")
 from .viz import davis_palette
 
-MODELS = ("identity", "lab", "random-r18", "random-r50")
-
-
-def default_cache() -> Path:
-    """``$STT_CACHE`` or ``~/.cache/stt``: where generated data (synthetic DAVIS) goes."""
-    return Path(os.environ.get("STT_CACHE", "~/.cache/stt")).expanduser()
+PROTOCOLS = ("common", "corrflow")
 
 
 def resolve_davis_root(data: str | Path | None) -> tuple[Path, bool]:
@@ -56,7 +50,7 @@ def resolve_davis_root(data: str | Path | None) -> tuple[Path, bool]:
     if str(data) == "synthetic":
         from .synthetic import make_synthetic_davis
 
-        return make_synthetic_davis(default_cache() / "synthetic-davis"), True
+        return make_synthetic_davis(cache_dir() / "synthetic-davis"), True
     return find_davis(data), False
 
 

@@ -6,14 +6,13 @@ notebooks both call these functions, so a notebook run and a shell run are the s
 """
 from __future__ import annotations
 
-import os
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from .color import kmeans, rgb_to_lab
-from .data import FrameClips, StillImages, TwoViews, VideoFrames, data_root
+from .data import FrameClips, StillImages, TwoViews, VideoFrames, cache_dir, data_root
 from .encoder import extract_encoder_state, load_checkpoint
 from .models import STT, CorrFlow, MoCo
 from .train import TrainConfig, Trainer
@@ -29,11 +28,6 @@ SPATIAL = {
 }
 SPATIAL_COMMON = dict(arch="resnet18", dim=128, momentum=0.999, temperature=0.2, input_space="lab",
                       optimizer="sgd", weight_decay=1e-4, sgd_momentum=0.9, fps=6.0, short_side=256)
-
-
-def cache_dir() -> Path:
-    """``$STT_CACHE`` or ``~/.cache/stt``: decoded frame caches and generated data."""
-    return Path(os.environ.get("STT_CACHE", "~/.cache/stt")).expanduser()
 
 
 def default_video_data() -> Path:
