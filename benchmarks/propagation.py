@@ -128,10 +128,12 @@ def worker(kind: str, path: str, reps: int, device: str, q) -> None:
     q.put(res)
 
 
-def run(kind: str, path: str, reps: int, device: str) -> dict:
+def in_fresh_process(worker, *args) -> dict:
+    """Run ``worker(*args, queue)`` in a spawned process (so peak memory is its own) and return
+    what it puts on the queue. Shared by every benchmark here."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=worker, args=(kind, path, reps, device, q))
+    p = ctx.Process(target=worker, args=(*args, q))
     p.start()
     res = q.get()
     p.join()
@@ -148,8 +150,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "inputs.pt")
         origin = make_inputs(Path(path))
-        win = run("windowed", path, a.reps, a.device)
-        dense = run("dense", path, a.dense_reps, a.device)
+        win = in_fresh_process(worker, "windowed", path, a.reps, a.device)
+        dense = in_fresh_process(worker, "dense", path, a.dense_reps, a.device)
         # Same inputs, both outputs, and the top-k sets themselves compared here.
         d = torch.load(path)
         feats, labels = d["feats"], d["labels"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from propagation import PeakRSS  # noqa: E402
+from propagation import PeakRSS, in_fresh_process  # noqa: E402
 
 from stt.color import rgb_to_normalized_lab  # noqa: E402
 from stt.encoder import ResNetEncoder  # noqa: E402
@@ -98,16 +97,6 @@ def worker(kind: str, part: str, batch: int, size: int, device: str, q) -> None:
     q.put(res)
 
 
-def run(kind, part, batch, size, device) -> dict:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=worker, args=(kind, part, batch, size, device, q))
-    p.start()
-    res = q.get()
-    p.join()
-    return res
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=16)
@@ -121,7 +110,7 @@ def main(argv=None) -> dict:
                       f"{torch.get_num_threads()} threads"}
     print(res["setting"])
     for part in a.parts.split(","):
-        w, d = run("windowed", part, a.batch, a.size, a.device), run("dense", part, a.batch, a.size, a.device)
+        w, d = (in_fresh_process(worker, kind, part, a.batch, a.size, a.device) for kind in ("windowed", "dense"))
         res[part] = {"windowed": w, "dense": d, "memory_ratio": d[key] / max(w[key], 1e-9),
                      "time_ratio": d["seconds"] / w["seconds"]}
         print(f"{part:>7}: windowed {w[key]:8.0f} MB {w['seconds']:6.2f} s | dense {d[key]:8.0f} MB "

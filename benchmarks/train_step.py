@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from propagation import PeakRSS  # noqa: E402
+from propagation import PeakRSS, in_fresh_process  # noqa: E402
 
 SHAPES = {  # model: {device: (batch, image size)}
     "spatial (MoCo v2, R18)": {"cpu": (64, 96), "cuda": (256, 224)},
@@ -87,15 +86,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
-    ctx = mp.get_context("spawn")
     results = {}
     for device in a.devices.split(","):
         for name in SHAPES:
-            q = ctx.Queue()
-            p = ctx.Process(target=worker, args=(name, device, a.steps, q))
-            p.start()
-            r = q.get()
-            p.join()
+            r = in_fresh_process(worker, name, device, a.steps)
             results[f"{name} @ {device}"] = r
             mem = f"{r['peak_cuda_mb']:.0f} MB GPU" if device == "cuda" else f"{r['peak_rss_mb']:.0f} MB resident"
             print(f"{name:>38} @ {device}: batch {r['batch']} x {r['size']}px  {r['seconds_per_step']:.2f} s/step  "
