@@ -90,9 +90,7 @@ def run(scale: str, out: Path, only=None, prepare_only: bool = False, kernel: st
     out.mkdir(parents=True, exist_ok=True)
     params = load_params(scale)
     manifest_path = out / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    manifest.update(scale=scale, versions=_versions())
-    manifest.setdefault("notebooks", {})
+    versions, manifest = _versions(), {}
     for nb in notebook_paths(only):
         p = notebook_parameters(nb, scale, out, params)
         print(f"[stt.runner] {nb.name} ({scale}) -> {out / nb.name}", flush=True)
@@ -108,8 +106,23 @@ def run(scale: str, out: Path, only=None, prepare_only: bool = False, kernel: st
             raise
         finally:
             entry["seconds"] = round(time.time() - t0, 1)
-            manifest["notebooks"][nb.stem] = entry
-            manifest_path.write_text(json.dumps(manifest, indent=2))
+            manifest = _record(manifest_path, scale, versions, nb.stem, entry)
+    return manifest
+
+
+def _record(manifest_path: Path, scale: str, versions: dict, name: str, entry: dict) -> dict:
+    """Add one notebook's entry to the manifest, re-read just before writing (two runners on one
+    folder do not erase each other's entries). Earlier runs of the notebook stay in ``history``:
+    a resumed run is short, the first complete one says what the work costs."""
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest.update(scale=scale, versions=versions)
+    old = manifest.setdefault("notebooks", {}).get(name)
+    if old:
+        entry["history"] = old.pop("history", []) + [old]
+    manifest["notebooks"][name] = entry
+    tmp = manifest_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(manifest_path)
     return manifest
 
 

@@ -53,3 +53,16 @@ def test_parameter_files_name_declared_parameters(scale):
         unknown = set(params.get(py.stem) or {}) - set(declared)
         assert not unknown, f"{scale}.yaml sets {unknown} for {py.stem}, which does not declare them"
         assert py.stem in params, f"{scale}.yaml has no section for {py.stem}"
+
+
+def test_manifest_keeps_other_notebooks_and_earlier_runs(tmp_path):
+    from stt.runner import _record
+
+    path = tmp_path / "manifest.json"
+    _record(path, "small", {"torch": "x"}, "01_a", {"seconds": 100.0, "status": "ok"})
+    _record(path, "small", {"torch": "x"}, "02_b", {"seconds": 50.0, "status": "ok"})
+    m = _record(path, "small", {"torch": "x"}, "01_a", {"seconds": 3.0, "status": "ok"})  # a resumed run
+    assert set(m["notebooks"]) == {"01_a", "02_b"}
+    assert m["notebooks"]["01_a"]["seconds"] == 3.0
+    assert [h["seconds"] for h in m["notebooks"]["01_a"]["history"]] == [100.0]
+    assert json.loads(path.read_text()) == m
