@@ -91,7 +91,7 @@ def worker(kind: str, part: str, batch: int, size: int, device: str, q) -> None:
         loss.backward()
         if device == "cuda":
             torch.cuda.synchronize()
-    res = {"seconds": time.perf_counter() - t0, "peak_rss_mb": mem.mb, "loss": float(loss)}
+    res = {"seconds": time.perf_counter() - t0, "peak_rss_mb": mem.mb, "loss": float(loss.detach())}
     if device == "cuda":
         res["peak_cuda_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
     q.put(res)
