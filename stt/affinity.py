@@ -6,11 +6,16 @@ builds the dense ``HW x (N HW)`` affinity and masks it; at DAVIS 480p with a str
 (60 x 107 cells) and 21 context frames that is 6420 x 134820 floats (3.5 GB) per frame.
 
 :func:`windowed_topk` never builds it. The query map is cut into ``T x T`` tiles; each tile
-only needs the keys of a ``(T + 2r) x (T + 2r)`` patch around it, so one batched matmul per
-context frame computes every affinity a window can contain (``(T+2r)^2`` instead of ``HW``
-keys per query), the window mask is applied inside the patch, and a per-frame top-k is
-merged across frames. The top-k of a union equals the top-k of the per-part top-ks, so the
-result is the dense one (tested in ``tests/test_affinity.py``).
+only needs the keys of a ``P x P`` patch around it (``P = T + 2r``): ``P^2`` instead of ``HW``
+keys per query and frame. One batched matmul correlates a column of tiles (a "strip") with its
+patches in a whole chunk of context frames at once, and the top-k over all frames jointly is
+found in two exact stages: the best score of each patch position over the frames (a max),
+window mask, top-k positions; then the top-k of the ``k x frames`` scores at those positions
+only. Any of the top-k scores lies at one of the top-k positions (a position outside them is
+beaten by k positions, each holding a larger score), so the result is the dense one (tested
+in ``tests/test_affinity.py``). Chunks cover as many strips and frames as a memory budget
+allows (tens of MB on CPU, about everything at once on a GPU) and are merged the same way:
+the top-k of a union is the top-k of the parts' top-ks.
 """
 from __future__ import annotations
 
@@ -40,13 +45,29 @@ def dense_window_mask(h: int, w: int, radius: float | None, shape: str = "square
     return window_mask(ys[None, :] - ys[:, None], xs[None, :] - xs[:, None], radius, shape)
 
 
-class _TileGeometry:
-    """Index bookkeeping for T x T query tiles and their (T + 2R) x (T + 2R) key patches.
+def merge_topk(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor],
+               k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of the union of two top-k lists (values, indices; ... x k_a and ... x k_b)."""
+    v, j = torch.cat([a[0], b[0]], -1).topk(min(k, a[0].shape[-1] + b[0].shape[-1]), dim=-1)
+    return v, torch.gather(torch.cat([a[1], b[1]], -1), -1, j)
 
-    Tiles are ordered column-major (tile column tx, then tile row ty). The keys of one tile
-    column form a contiguous "slab" (rows x P x C, channels last); the patch of tile (ty, tx)
-    is then the contiguous block ``slab[ty T : ty T + P]``, so all patches of a column are a
-    strided view of the slab and one batched matmul reads them without copying.
+
+def default_max_bytes(device: torch.device | str) -> int:
+    """Working-memory budget of one :func:`windowed_topk` chunk: 128 MiB on CPU (peak memory stays
+    in the order of the context features; a DAVIS 480p step at stride 8 or 4 in about 20
+    chunks), 1 GiB on an accelerator (the stride-8 step in two chunks)."""
+    return 2**27 if torch.device(device).type == "cpu" else 2**30
+
+
+class _TileGeometry:
+    """Index bookkeeping for T x T query tiles and their P x P key patches (P = T + 2R).
+
+    Tiles come in strips (tile columns tx). For n context frames, the keys strip tx can reach
+    are laid out as a slab ``C x Hp x n x P`` (channel, map row, frame, patch column): the
+    patch of tile (ty, tx) in all n frames is the block ``slab[:, ty T : ty T + P]``, a
+    ``C x (P n P)`` matrix with a constant row stride, so the patches of a whole strip are one
+    strided view that one batched matmul reads without copying. Scores come out per query in
+    (py, frame, px) order.
     """
 
     def __init__(self, h: int, w: int, radius: float, shape: str, tile: int, device):
@@ -54,20 +75,20 @@ class _TileGeometry:
         T, P = tile, tile + 2 * R
         self.h, self.w, self.R, self.T, self.P = h, w, R, T, P
         self.nty, self.ntx = math.ceil(h / T), math.ceil(w / T)
-        # Window inside a patch: query offset (qy, qx) in the tile, key offset (ky, kx) in the patch.
+        self.Hp = self.nty * T + 2 * R  # slab rows
+        # Patch positions p = py P + px; query offsets q = qy T + qx in the tile.
         q = torch.arange(T * T, device=device)
-        k = torch.arange(P * P, device=device)
-        dy = (k // P)[None, :] - R - (q // T)[:, None]  # T^2 x P^2
-        dx = (k % P)[None, :] - R - (q % T)[:, None]
-        inside = window_mask(dy, dx, radius, shape)  # T^2 x P^2
-        # Key positions of each patch in the full map (invalid outside the map).
-        tx = torch.arange(self.ntx, device=device).view(-1, 1, 1)
-        ty = torch.arange(self.nty, device=device).view(1, -1, 1)
-        gy = ty * T + (k // P).view(1, 1, -1) - R  # ntx x nty x P^2
-        gx = tx * T + (k % P).view(1, 1, -1) - R
-        valid = (gy >= 0) & (gy < h) & (gx >= 0) & (gx < w)
-        mask = inside[None, None] & valid[:, :, None, :]  # ntx x nty x T^2 x P^2
-        self.bias = torch.zeros(mask.shape, device=device).masked_fill_(~mask, float("-inf"))
+        p = torch.arange(P * P, device=device)
+        self.py, self.px = p // P, p % P
+        dy = self.py[None, :] - R - (q // T)[:, None]  # T^2 x P^2
+        dx = self.px[None, :] - R - (q % T)[:, None]
+        inside = window_mask(dy, dx, radius, shape)
+        self.window_bias = torch.zeros(inside.shape, device=device).masked_fill_(~inside, float("-inf"))
+        # Patch positions outside the map, per tile: ntx x nty x 1 x P^2.
+        gy = torch.arange(self.nty, device=device).view(1, -1, 1, 1) * T + self.py - R
+        gx = torch.arange(self.ntx, device=device).view(-1, 1, 1, 1) * T + self.px - R
+        outside = (gy < 0) | (gy >= h) | (gx < 0) | (gx >= w)
+        self.map_bias = torch.zeros(outside.shape, device=device).masked_fill_(outside, float("-inf"))
 
     def query_tiles(self, q: torch.Tensor) -> torch.Tensor:
         """C x H x W -> ntx x nty x T^2 x C."""
@@ -76,23 +97,28 @@ class _TileGeometry:
         q = q.view(C, self.nty, T, self.ntx, T).permute(3, 1, 2, 4, 0)  # ntx x nty x T x T x C
         return q.reshape(self.ntx, self.nty, T * T, C)
 
-    def key_slabs(self, keys: torch.Tensor) -> torch.Tensor:
-        """C x H x W -> ntx x (nty T + 2R) x P x C: the keys each tile column can reach."""
+    def fill_slabs(self, slabs: torch.Tensor, wide: torch.Tensor, keys: torch.Tensor, s0: int) -> None:
+        """Write the keys (n x C x H x W) that strips s0.. reach into ``slabs`` (S x C x Hp x n x P),
+        through ``wide`` (C x H x n x (S T + 2R)), both reused buffers. Their entries off the map are
+        left as they are: finite (zeros or earlier keys), and masked by ``map_bias``."""
         R, T, P = self.R, self.T, self.P
-        kp = F.pad(keys, (R, R + self.ntx * T - self.w, R, R + self.nty * T - self.h)).permute(1, 2, 0)
-        return torch.stack([kp[:, x0 : x0 + P] for x0 in range(0, self.ntx * T, T)])
+        x0 = s0 * T - R  # map column of the first slab column
+        lo, hi = max(x0, 0), min(x0 + wide.shape[-1], self.w)
+        wide[..., lo - x0 : hi - x0] = keys[..., lo:hi].permute(1, 2, 0, 3)
+        slabs[:, :, R : R + self.h] = wide.unfold(3, P, T).permute(3, 0, 1, 2, 4)  # S x C x H x n x P
 
     def patches(self, slab: torch.Tensor) -> torch.Tensor:
-        """One column's slab -> nty x P^2 x C strided view (no copy)."""
-        C, P = slab.shape[-1], self.P
-        return slab.as_strided((self.nty, P * P, C), (self.T * P * C, C, 1))
+        """One strip's slab -> nty x C x (P n P) strided view (no copy), columns in (py, frame, px) order."""
+        C, Hp, n, P = slab.shape
+        return slab.as_strided((self.nty, C, P * n * P), (self.T * n * P, Hp * n * P, 1))
 
-    def global_index(self, tx: int, local: torch.Tensor) -> torch.Tensor:
-        """Patch-local key indices of tile column ``tx`` (nty x T^2 x k) -> flat H x W indices.
+    def global_index(self, s0: int, pos: torch.Tensor) -> torch.Tensor:
+        """Patch positions (S x nty x T^2 x k) of the tiles of strips s0.. -> flat H x W indices.
         Keys outside the map (only ever with value -inf) are clamped to a valid index."""
-        ty = torch.arange(self.nty, device=local.device).view(-1, 1, 1)
-        gy = (ty * self.T + local // self.P - self.R).clamp(0, self.h - 1)
-        gx = (tx * self.T + local % self.P - self.R).clamp(0, self.w - 1)
+        tx = torch.arange(s0, s0 + pos.shape[0], device=pos.device).view(-1, 1, 1, 1)
+        ty = torch.arange(self.nty, device=pos.device).view(1, -1, 1, 1)
+        gy = (ty * self.T + self.py[pos] - self.R).clamp(0, self.h - 1)
+        gx = (tx * self.T + self.px[pos] - self.R).clamp(0, self.w - 1)
         return gy * self.w + gx
 
     def untile(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,6 +128,40 @@ class _TileGeometry:
         x = x.reshape(self.nty * T, self.ntx * T, k)[: self.h, : self.w]
         return x.reshape(self.h * self.w, k)
 
+    def chunks(self, n_frames: int, channels: int, itemsize: int, budget: int) -> tuple[int, int]:
+        """How many strips and frames one chunk covers so that its buffers stay within ``budget``
+        bytes: all frames of as many strips as fit, else as many frames of one strip as fit;
+        then evened out (21 frames in two chunks: 11 + 10, not 20 + 1)."""
+        scores = self.nty * self.T**2 * self.P**2  # of one strip and frame (and the stage-1 maxima)
+        keys = channels * (self.Hp * self.P + self.h * (self.T + 2 * self.R))  # its slab and wide keys
+        frames = max(1, min(n_frames, (budget // itemsize - scores) // (scores + keys)))
+        strips = max(1, min(self.ntx, budget // itemsize // ((frames + 1) * scores + frames * keys)))
+        even = lambda total, size: math.ceil(total / math.ceil(total / size))  # noqa: E731
+        return even(self.ntx, strips), even(n_frames, frames)
+
+
+def _chunk_topk(geo: _TileGeometry, scores: torch.Tensor, s0: int, n: int,
+                k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of a chunk's scores (S x nty x T^2 x (P n P): strips s0.., n frames) over the
+    frames and window positions, in two exact stages (see the module docstring).
+
+    Returns values and flat ``n x H x W`` indices, S x nty x T^2 x min(k, n k')."""
+    S, nty, T2 = scores.shape[:3]
+    P = geo.P
+    # Stage 1: best score of every patch position over the frames, window, top-k' positions.
+    best = scores.view(S, nty, T2, P, n, P).amax(4).view(S, nty, T2, P * P)
+    best += geo.window_bias
+    best += geo.map_bias[s0 : s0 + S]
+    bv, pos = best.topk(min(k, P * P), dim=-1)  # S x nty x T^2 x k'
+    # Stage 2: the k' x n scores at those positions (-inf where the position is outside the window).
+    frame = torch.arange(n, device=scores.device) * P
+    col = (geo.py[pos] * (n * P) + geo.px[pos])[..., None] + frame  # S x nty x T^2 x k' x n
+    cand = torch.gather(scores, -1, col.flatten(-2)).view(col.shape)
+    cand.masked_fill_(torch.isneginf(bv)[..., None], float("-inf"))
+    v, j = cand.flatten(-2).topk(min(k, col.shape[-2] * n), dim=-1)  # S x nty x T^2 x k
+    p = torch.gather(pos, -1, j // n)
+    return v, (j % n) * (geo.h * geo.w) + geo.global_index(s0, p)
+
 
 def windowed_topk(
     query: torch.Tensor,
@@ -109,7 +169,8 @@ def windowed_topk(
     k: int,
     radius: float,
     shape: str = "square",
-    tile: int = 10,
+    tile: int = 8,
+    max_bytes: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of ``<query(q), keys_n(p)>`` over frames n and positions p in the window of q.
 
@@ -118,7 +179,12 @@ def windowed_topk(
         keys: N x C x H x W (context frames on the query's grid).
         k: how many to keep per query (over all N frames jointly).
         radius: window radius in cells; ``shape`` "square" or "circle" (see :func:`window_mask`).
-        tile: query tile size T (a speed knob only: the result does not depend on it).
+        tile: query tile size T. A matmul computes ``(T + 2R)^2`` scores per query where the
+            window holds ``(2R + 1)^2``; small tiles waste less, large tiles make larger matmul
+            blocks (and fewer strips). T = 8 (64 queries per block; overhead 1.64 at R 12, 1.31
+            at R 24) was among the fastest of T = 4 to 16 on a 2-core CPU (DAVIS 480p /8, 240p /4).
+        max_bytes: working-memory budget of one chunk (default :func:`default_max_bytes`).
+            ``tile`` and ``max_bytes`` are speed knobs only: the result does not depend on them.
 
     Returns:
         values (HW x k) and indices (HW x k) into the flattened ``N x H x W`` keys. Entries
@@ -127,20 +193,31 @@ def windowed_topk(
     C, h, w = query.shape
     N = keys.shape[0]
     geo = _TileGeometry(h, w, radius, shape, tile, query.device)
+    budget = default_max_bytes(query.device) if max_bytes is None else max_bytes
+    strips, frames = geo.chunks(N, C, query.element_size(), budget)
     qt = geo.query_tiles(query).contiguous()  # ntx x nty x T^2 x C
-    kk = min(k, geo.P * geo.P)
-    vals = query.new_empty(geo.ntx, geo.nty, geo.T**2, N, kk)
-    idxs = torch.empty(vals.shape, dtype=torch.long, device=query.device)
-    for n in range(N):
-        slabs = geo.key_slabs(keys[n])
-        for tx in range(geo.ntx):
-            corr = torch.baddbmm(geo.bias[tx], qt[tx], geo.patches(slabs[tx]).transpose(1, 2))  # nty x T^2 x P^2
-            v, i = corr.topk(kk, dim=-1)
-            vals[tx, :, :, n] = v
-            idxs[tx, :, :, n] = geo.global_index(tx, i) + n * h * w
-    v, j = vals.flatten(-2).topk(min(k, N * kk), dim=-1)
-    i = torch.gather(idxs.flatten(-2), -1, j)
-    return geo.untile(v), geo.untile(i)
+    # Buffers of the largest chunk, reused by every chunk (on a CPU, fresh pages are costly).
+    block = geo.nty * geo.T**2 * geo.P**2  # scores of one strip and frame
+    scores_buf = query.new_empty(strips * frames * block)
+    slabs_buf = query.new_zeros(strips * C * geo.Hp * frames * geo.P)
+    wide_buf = query.new_zeros(C * h * frames * (strips * geo.T + 2 * geo.R))
+    vals, idxs = [], []
+    for s0 in range(0, geo.ntx, strips):
+        S = min(strips, geo.ntx - s0)
+        top = None
+        for n0 in range(0, N, frames):
+            n = min(frames, N - n0)
+            slabs = slabs_buf[: S * C * geo.Hp * n * geo.P].view(S, C, geo.Hp, n, geo.P)
+            wide = wide_buf[: C * h * n * (S * geo.T + 2 * geo.R)].view(C, h, n, -1)
+            geo.fill_slabs(slabs, wide, keys[n0 : n0 + n], s0)
+            scores = scores_buf[: S * n * block].view(S, geo.nty, geo.T**2, -1)  # S x nty x T^2 x (P n P)
+            for s in range(S):
+                torch.bmm(qt[s0 + s], geo.patches(slabs[s]), out=scores[s])
+            v, i = _chunk_topk(geo, scores, s0, n, k)
+            top = (v, i + n0 * h * w) if top is None else merge_topk(top, (v, i + n0 * h * w), k)
+        vals.append(top[0])
+        idxs.append(top[1])
+    return geo.untile(torch.cat(vals)), geo.untile(torch.cat(idxs))
 
 
 def global_topk(query: torch.Tensor, keys: torch.Tensor, k: int, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,10 +7,14 @@
     sequences/<seq>.npz                  per-frame J and F of each object (the resume points)
     global_results-val.csv               official names and columns
     per-sequence_results-val.csv
-    timing.json                          seconds and frames per sequence
+    timing.json                          seconds and frames per sequence; "last_run": frames/s
 
 A run that is interrupted resumes at the first sequence without a ``sequences/*.npz``; a run
 with different settings refuses to touch the folder (``overwrite=True`` starts it afresh).
+
+The accelerator never waits for the host: the next sequence's frames are decoded in a thread
+while this one propagates, features come in large batches, predictions reach the host one
+frame late (asynchronous copies), and PNG writing and metrics run in a thread pool.
 """
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ import dataclasses
 import json
 import os
 import shutil
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -74,19 +80,20 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 @torch.no_grad()
-def iter_features(model, frames: np.ndarray, short_side: int | None, stride: int, device, batch: int = 4,
-                  square: int | None = None) -> Iterator[torch.Tensor]:
-    """Yield the C x h x w feature map of each frame (T x H x W x 3 uint8), ``batch`` at a time.
-    Frames are resized to ``short_side`` (DAVIS), or to ``square`` x ``square`` (JHMDB, VIP)."""
+def iter_features(model, frames: np.ndarray, short_side: int | None, stride: int, device,
+                  batch: int | None = None, square: int | None = None) -> Iterator[torch.Tensor]:
+    """Yield the C x h x w feature map of each frame (T x H x W x 3 uint8), ``batch`` at a time
+    (default 4 on CPU, to bound memory; 32 on an accelerator). Frames are resized on ``device``
+    to ``short_side`` (DAVIS), or to ``square`` x ``square`` (JHMDB, VIP)."""
+    batch = batch or (4 if torch.device(device).type == "cpu" else 32)
     for s in range(0, len(frames), batch):
-        x = to_tensor(frames[s : s + batch])
+        x = to_tensor(frames[s : s + batch]).to(device)
         if square:
             x = torch.nn.functional.interpolate(x, size=(square, square), mode="bilinear", align_corners=False,
                                                 antialias=True).clamp_(0, 1)
         else:
             x = resize_short_side(x, short_side, stride)
-        for f in model(x.to(device)):
-            yield f
+        yield from model(x)
 
 
 def model_identity(desc: dict) -> dict:
@@ -137,6 +144,27 @@ def _check_settings(out: Path, settings: dict, overwrite: bool, subdirs=("predic
     _atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True))
 
 
+def _to_host_lagged(maps: Iterator[torch.Tensor]) -> Iterator[np.ndarray]:
+    """Device tensors -> numpy arrays, in order. On CUDA each copy starts asynchronously and is
+    waited for only once the next tensor has been queued, so the GPU does not idle while the
+    host takes a result; elsewhere each array is yielded at once."""
+    pending = None
+    for m in maps:
+        if m.device.type != "cuda":
+            yield m.cpu().numpy()
+            continue
+        host = m.to("cpu", non_blocking=True)  # pinned memory, copied in stream order
+        done = torch.cuda.Event()
+        done.record()
+        if pending is not None:
+            pending[1].synchronize()
+            yield pending[0].numpy()
+        pending = (host, done)
+    if pending is not None:
+        pending[1].synchronize()
+        yield pending[0].numpy()
+
+
 def scaled_config(cfg: PropagationConfig, stride: int) -> PropagationConfig:
     """The protocol's radius is given in stride-8 cells; keep its extent in pixels at other strides."""
     return cfg if stride == 8 else dataclasses.replace(cfg, radius=cfg.radius * 8 / stride)
@@ -164,10 +192,9 @@ def predict_sequence(model, stride: int, frames: np.ndarray, first_ids: np.ndarr
             preds = propagate_recursive(stream(), first_label, radius, hard=True)
         else:
             preds = propagate_video(stream(), first_label, scaled_config(cfg, stride))
-        for soft in preds:
-            up = upsample_predictions(soft, size, cfg.minmax)
-            # argmax over a channels-last copy: 7x faster than reducing over the strided dim 0
-            yield up.permute(1, 2, 0).contiguous().argmax(-1).to(torch.uint8).cpu().numpy()
+        # argmax over a channels-last copy: 7x faster than reducing over the strided dim 0
+        yield from _to_host_lagged(upsample_predictions(soft, size, cfg.minmax).permute(1, 2, 0).contiguous()
+                                   .argmax(-1).to(torch.uint8) for soft in preds)
 
 
 def evaluate_davis(
@@ -224,38 +251,68 @@ def evaluate_davis(
     out = Path(out)
     _check_settings(out, settings, overwrite)
     (out / "sequences").mkdir(exist_ok=True)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one frame size per dataset: let cuDNN pick its fastest kernels
     timing_path = out / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+    timing_lock = threading.Lock()
     palette = davis_palette()
     todo = [n for n in ds.names if not (out / "sequences" / f"{n}.npz").is_file()]
     n_frames = {n: len(ds.sequence(n).frames) for n in todo}
     bar = tqdm(total=sum(n_frames.values()), unit="frame", disable=not progress,
                desc=f"{desc['name']} on DAVIS-{ds.year}")
-    for name in todo:
-        t0 = time.time()
-        bar.set_postfix_str(name)
-        frames, gt = ds.load(name)
-        n_obj = int(gt[0].max())
-        pred_dir = out / "predictions" / name
-        pred_dir.mkdir(parents=True, exist_ok=True)
-        stems = [p.stem for p in ds.sequence(name).frames]
-        _write_png(pred_dir / f"{stems[0]}.png", gt[0], palette)
-        bar.update(1)
-        preds = [gt[0]]
-        if net is None:
-            it = (gt[0] for _ in range(len(frames) - 1))
-        else:
-            it = predict_sequence(net, stride, frames, gt[0], n_obj, short_side, cfg, dev, protocol,
-                                  net_radius(model) if protocol == "corrflow" else 6)
-        for stem, ids in zip(stems[1:], it):
-            _write_png(pred_dir / f"{stem}.png", ids, palette)
-            preds.append(ids)
-            bar.update(1)
+
+    def finish(name, gt, preds, pngs, n_obj, t0):
+        """After the sequence's PNGs: its metrics, then its resume point, then its timing."""
+        for png in pngs:
+            png.result()
         res = evaluate_davis_sequence(gt, np.stack(preds), n_obj)
         _atomic_save_npz(out / "sequences" / f"{name}.npz", J=res["J"], F=res["F"], objects=res["objects"])
-        timing[name] = {"seconds": round(time.time() - t0, 3), "frames": len(frames)}
-        _atomic_write_text(timing_path, json.dumps(timing, indent=2))
+        with timing_lock:
+            timing[name] = {"seconds": round(time.time() - t0, 3), "frames": len(preds)}
+            _atomic_write_text(timing_path, json.dumps(timing, indent=2))
+
+    workers = max(1, min(4, (os.cpu_count() or 2) // 2))
+    t_run = time.time()
+    with ThreadPoolExecutor(1) as loader, ThreadPoolExecutor(workers) as writer:
+        loading = loader.submit(ds.load, todo[0]) if todo else None
+        finishing: list[Future] = []
+        for i, name in enumerate(todo):
+            frames, gt = loading.result()
+            if i + 1 < len(todo):  # decode the next sequence while this one propagates
+                loading = loader.submit(ds.load, todo[i + 1])
+            # Errors surface here; at most `workers` sequences wait for their metrics (bounded memory).
+            while finishing and (finishing[0].done() or len(finishing) > workers):
+                finishing.pop(0).result()
+            t0 = time.time()
+            bar.set_postfix_str(name)
+            n_obj = int(gt[0].max())
+            pred_dir = out / "predictions" / name
+            pred_dir.mkdir(parents=True, exist_ok=True)
+            stems = [p.stem for p in ds.sequence(name).frames]
+            pngs = [writer.submit(_write_png, pred_dir / f"{stems[0]}.png", gt[0], palette)]
+            bar.update(1)
+            preds = [gt[0]]
+            if net is None:
+                it = (gt[0] for _ in range(len(frames) - 1))
+            else:
+                it = predict_sequence(net, stride, frames, gt[0], n_obj, short_side, cfg, dev, protocol,
+                                      net_radius(model) if protocol == "corrflow" else 6)
+            for stem, ids in zip(stems[1:], it):
+                pngs.append(writer.submit(_write_png, pred_dir / f"{stem}.png", ids, palette))
+                preds.append(ids)
+                bar.update(1)
+            finishing.append(writer.submit(finish, name, gt, preds, pngs, n_obj, t0))
+        for f in finishing:
+            f.result()
     bar.close()
+    if todo:
+        seconds, frames_done = time.time() - t_run, sum(n_frames.values())
+        timing["last_run"] = {"seconds": round(seconds, 3), "frames": frames_done,
+                              "frames_per_s": round(frames_done / seconds, 3)}
+        _atomic_write_text(timing_path, json.dumps(timing, indent=2))
+        if progress:
+            print(f"{frames_done} frames in {seconds:.1f} s: {frames_done / seconds:.2f} frames/s")
     per_seq = {}
     for name in ds.names:
         z = np.load(out / "sequences" / f"{name}.npz")

@@ -13,14 +13,13 @@ channel [VFS/STT], then argmax'ed.
 """
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-from .affinity import WINDOWS, global_topk, local_correlation, windowed_topk
+from .affinity import WINDOWS, global_topk, local_correlation, merge_topk, windowed_topk
 
 
 @dataclass
@@ -85,26 +84,49 @@ def propagate_frame(
     Returns:
         K x h x w soft labels of frame t.
     """
-    K, h, w = first_label.shape
-    if first_feat.shape[-2:] != query.shape[-2:] or first_label.shape[-2:] != query.shape[-2:]:
-        raise ValueError(
-            f"feature/label grids differ: query {tuple(query.shape)}, first frame "
-            f"{tuple(first_feat.shape)}, labels {tuple(first_label.shape)}"
-        )
+    _check_grids(query, first_feat=first_feat, first_label=first_label, prev_feats=prev_feats,
+                 prev_labels=prev_labels)
+    feats = first_feat[None] if prev_feats is None else torch.cat([first_feat[None], prev_feats])
+    labels = first_label[None] if prev_labels is None else torch.cat([first_label[None], prev_labels])
+    return propagate_context(query, feats, labels, cfg)
+
+
+def _check_grids(query: torch.Tensor, **maps: torch.Tensor | None) -> None:
+    """Raise a clear error when a feature or label map is not on the query's grid."""
+    bad = {k: tuple(v.shape) for k, v in maps.items() if v is not None and v.shape[-2:] != query.shape[-2:]}
+    if bad:
+        raise ValueError(f"feature/label grids differ from the query's {tuple(query.shape)}: {bad}")
+
+
+def propagate_context(query: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor,
+                      cfg: PropagationConfig) -> torch.Tensor:
+    """:func:`propagate_frame` on a context held in one tensor: frame 0 first, then the
+    previous frames in any order (the top-k does not depend on it).
+
+    Args:
+        query: C x h x w; feats: N x C x h x w; labels: N x K x h x w.
+
+    Returns:
+        K x h x w soft labels of the query frame.
+    """
+    _check_grids(query, feats=feats, labels=labels)
+    h, w = query.shape[-2:]
     kw = dict(k=cfg.topk, radius=cfg.radius, shape=cfg.window)
     if cfg.radius_first_frame:
-        feats = first_feat[None] if prev_feats is None else torch.cat([first_feat[None], prev_feats])
-        labels = first_label[None] if prev_labels is None else torch.cat([first_label[None], prev_labels])
         vals, idx = windowed_topk(query, feats, **kw)  # HW x k
     else:  # global top-k in frame 0, windowed in the previous frames, merged
-        vals, idx = global_topk(query, first_feat[None], cfg.topk)
-        labels = first_label[None]
-        if prev_feats is not None and len(prev_feats):
-            pv, pi = windowed_topk(query, prev_feats, **kw)
-            vals, j = torch.cat([vals, pv], 1).topk(min(cfg.topk, vals.shape[1] + pv.shape[1]), dim=1)
-            idx = torch.gather(torch.cat([idx, pi + h * w], 1), 1, j)
-            labels = torch.cat([labels, prev_labels])
-    weights = torch.softmax(vals / cfg.temperature, dim=1)  # HW x k
+        vals, idx = global_topk(query, feats[:1], cfg.topk)
+        if len(feats) > 1:
+            pv, pi = windowed_topk(query, feats[1:], **kw)
+            vals, idx = merge_topk((vals, idx), (pv, pi + h * w), cfg.topk)
+    return weighted_labels(vals, idx, labels, cfg.temperature)
+
+
+def weighted_labels(vals: torch.Tensor, idx: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``y(q) = sum_k softmax(vals / tau)_k y_c(idx_k)``: top-k affinities and their indices
+    (HW x k, into the flattened N x h x w context) and context labels (N x K x h x w) -> K x h x w."""
+    K, h, w = labels.shape[1:]
+    weights = torch.softmax(vals / temperature, dim=1)  # HW x k
     flat_labels = labels.permute(0, 2, 3, 1).reshape(-1, K)  # N HW x K
     out = torch.einsum("qk,qkc->qc", weights, flat_labels[idx])  # HW x K
     return out.t().reshape(K, h, w)
@@ -139,26 +161,22 @@ def propagate_video(
     """Propagate ``first_label`` (K x h x w) through a stream of feature maps (C x h x w each).
 
     Yields the soft labels of frames 1, 2, ... in order. Features are normalised here; only the
-    last ``cfg.context`` frames are kept in memory.
+    last ``cfg.context`` frames are kept, in a ring of preallocated slots (no per-frame copies
+    of the whole context).
     """
     it = iter(features)
     first = normalize_features(next(it))
-    queue_f: deque[torch.Tensor] = deque(maxlen=max(cfg.context, 1))
-    queue_l: deque[torch.Tensor] = deque(maxlen=max(cfg.context, 1))
-    for feat in it:
+    n = cfg.context
+    # Slot 0: frame 0; slots 1..n: the previous frames, the oldest overwritten first.
+    ctx_f = first.new_empty(1 + n, *first.shape)
+    ctx_l = first.new_empty(1 + n, *first_label.shape)
+    ctx_f[0], ctx_l[0] = first, first_label
+    for t, feat in enumerate(it):  # t + 1: the frame index
         feat = normalize_features(feat)
-        use_prev = cfg.context > 0 and len(queue_f) > 0
-        pred = propagate_frame(
-            feat,
-            first,
-            first_label,
-            torch.stack(tuple(queue_f)) if use_prev else None,
-            torch.stack(tuple(queue_l)) if use_prev else None,
-            cfg,
-        )
-        if cfg.context > 0:
-            queue_f.append(feat)
-            queue_l.append(pred)
+        used = 1 + min(t, n)
+        pred = propagate_context(feat, ctx_f[:used], ctx_l[:used], cfg)
+        if n:
+            ctx_f[1 + t % n], ctx_l[1 + t % n] = feat, pred
         yield pred
 
 

@@ -68,6 +68,39 @@ def test_result_does_not_depend_on_tile_size():
         assert torch.allclose(v, ref[0], atol=1e-6) and torch.equal(i, ref[1])
 
 
+@pytest.mark.parametrize("shape, radius", [("square", 3), ("circle", 2.5)])
+def test_result_does_not_depend_on_chunking(shape, radius):
+    """A budget so small that every strip and frame is its own chunk, a middle one, and one
+    chunk for everything: identical values and indices."""
+    q, keys = _rand(8, 13, 22, seed=9), _rand(5, 8, 13, 22, seed=10)
+    one = windowed_topk(q, keys, 7, radius, shape, tile=4, max_bytes=2**40)
+    for budget in (1, 60_000):
+        v, i = windowed_topk(q, keys, 7, radius, shape, tile=4, max_bytes=budget)
+        assert torch.equal(v, one[0]) and torch.equal(i, one[1])
+
+
+def test_chunk_sizes_follow_the_budget():
+    from stt.affinity import _TileGeometry
+
+    geo = _TileGeometry(13, 22, 3, "square", 4, "cpu")  # 6 strips
+    assert geo.chunks(5, 8, 4, 1) == (1, 1)
+    assert geo.chunks(5, 8, 4, 2**40) == (geo.ntx, 5)
+    strips, frames = geo.chunks(5, 8, 4, 60_000)
+    assert (strips, frames) == (1, 1) or 1 < strips * frames < geo.ntx * 5
+
+
+def test_ties_across_frames_keep_the_dense_values():
+    """Identical frames: every score appears in every frame; the values are still the dense ones."""
+    q = _rand(6, 9, 10, seed=11)
+    keys = _rand(1, 6, 9, 10, seed=12).expand(4, -1, -1, -1)
+    v, i = windowed_topk(q, keys, 10, 2, tile=3, max_bytes=1)
+    dv, _ = dense_topk_reference(q, keys, 10, 2)
+    assert torch.allclose(v, dv, atol=1e-6)
+    dense = q.flatten(1).t() @ keys.permute(1, 0, 2, 3).reshape(6, -1)  # HW x N HW
+    assert torch.allclose(torch.gather(dense, 1, i), v, atol=1e-6)  # the indices point at those values
+    assert len(set(i[0].tolist())) == 10
+
+
 def test_missing_candidates_are_minus_inf():
     q, keys = _rand(4, 3, 3), _rand(1, 4, 3, 3)
     v, _ = windowed_topk(q, keys, 9, 1, "square", tile=2)  # corner windows hold 4 positions

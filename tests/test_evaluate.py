@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from stt.data import DAVIS
@@ -24,12 +25,30 @@ def test_lab_model_end_to_end_and_resume(tiny_synthetic, tmp_path):
     again = evaluate_davis_sequence(gt, pred)
     z = np.load(out / "sequences" / f"{seq}.npz")
     np.testing.assert_allclose(z["J"], again["J"])
+    # timing.json: seconds and frames of every sequence, and the run's frames/s.
+    names = DAVIS(tiny_synthetic).names
+    timing = json.loads((out / "timing.json").read_text())
+    assert [timing[n]["frames"] for n in names] == [len(DAVIS(tiny_synthetic).sequence(n).frames) for n in names]
+    assert timing["last_run"]["frames"] == sum(timing[n]["frames"] for n in names)
+    assert timing["last_run"]["frames_per_s"] > 0
     # Resume: finished sequences are not recomputed.
     stamp = (out / "sequences" / f"{seq}.npz").stat().st_mtime_ns
-    (out / "sequences" / f"{DAVIS(tiny_synthetic).names[1]}.npz").unlink()
+    (out / "sequences" / f"{names[1]}.npz").unlink()
     res2 = evaluate_davis(tiny_synthetic, "lab", out, progress=False)
     assert (out / "sequences" / f"{seq}.npz").stat().st_mtime_ns == stamp
     assert res2 == pytest.approx(res)
+    assert json.loads((out / "timing.json").read_text())["last_run"]["frames"] == timing[names[1]]["frames"]
+
+
+def test_features_do_not_depend_on_the_batch(tiny_synthetic):
+    from stt.encoder import build_feature_model
+    from stt.evaluate import iter_features
+
+    frames, _ = DAVIS(tiny_synthetic).load(DAVIS(tiny_synthetic).names[0])
+    net, _ = build_feature_model("random-r18")
+    one = torch.stack(list(iter_features(net, frames, None, 8, "cpu", batch=1)))
+    default = torch.stack(list(iter_features(net, frames, None, 8, "cpu")))
+    assert torch.allclose(one, default, atol=1e-5)
 
 
 def test_other_settings_are_refused_then_overwritten(tiny_synthetic, tmp_path):

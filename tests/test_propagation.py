@@ -128,3 +128,12 @@ def test_config_validation():
         PropagationConfig(first_label="cubic")
     with pytest.raises(ValueError):
         PropagationConfig(topk=0)
+
+
+def test_grid_mismatch_is_a_clear_error():
+    f = _feats(3)  # 6 x 7 grid
+    lab = torch.zeros(2, 5, 7)
+    with pytest.raises(ValueError, match="grids differ"):
+        propagate_frame(f[2], f[0], lab, f[1:2], lab[None], PropagationConfig())
+    with pytest.raises(ValueError, match="grids differ"):
+        list(propagate_video(list(f), lab, PropagationConfig()))
