@@ -4,7 +4,10 @@ Textured objects (random star-shaped outlines, their own textures) move, rotate 
 over a textured background seen by a panning camera; masks are exact because they come from
 the same rendering. :func:`make_synthetic_davis` writes the result in the DAVIS-2017 layout
 (JPEG frames, indexed-palette PNG masks, ``ImageSets/2017/val.txt``), so everything downstream
-reads it with the same :class:`stt.data.DAVIS` reader as the real thing.
+reads it with the same :class:`stt.data.DAVIS` reader as the real thing. The same rendering
+gives stand-ins for VIP (:func:`make_synthetic_vip`: objects cut into parts), JHMDB
+(:func:`make_synthetic_jhmdb`: a stick figure of 15 keypoints fixed on an object) and unlabelled
+training video (:func:`make_synthetic_videos`).
 
 It is a smoke-test dataset: numbers on it say that the pipeline runs, not how good a model is.
 """
@@ -37,8 +40,14 @@ def _texture(gen: torch.Generator, h: int, w: int, octaves: int = 4) -> torch.Te
     return (base + tint * out + stripes.view(1, 1, w)).clamp(0, 1)
 
 
-def render_sequence(seed: int, n_frames: int = 24, size=(240, 432), n_objects: int | None = None):
-    """Render one sequence. Returns frames (T x H x W x 3 uint8) and masks (T x H x W uint8)."""
+def render_sequence(seed: int, n_frames: int = 24, size=(240, 432), n_objects: int | None = None, points=None):
+    """Render one sequence. Returns frames (T x H x W x 3 uint8) and masks (T x H x W uint8).
+
+    ``points`` (N x 2, (u, v) with u to the right and v down, in units of the radius that fits
+    inside its outline): points fixed on the last (topmost) object, whose outline harmonics are
+    halved so that a disc of that radius lies inside it. Then also returns their tracks, T x N x 2
+    (x, y) in 0-based pixels: exact keypoints that move, turn and scale with the object's texture.
+    """
     gen = torch.Generator().manual_seed(seed)
     H, W = size
     rnd = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
@@ -58,8 +67,15 @@ def render_sequence(seed: int, n_frames: int = 24, size=(240, 432), n_objects: i
             spin=float((rnd(1) - 0.5) * 0.08),
             wobble=float(rnd(1) * 0.15),
         ))
+    if points is not None:
+        points = torch.as_tensor(points, dtype=torch.float32).view(-1, 2)
+        body = objs[-1]
+        body["harm"] = body["harm"] * 0.5  # no random draws: the other objects and the background are unchanged
+        theta = torch.linspace(0, 2 * math.pi, 721)
+        outline = 1 + sum(body["harm"][k] * torch.cos((k + 2) * theta + body["phase"][k]) for k in range(4))
+        fit = 0.85 * body["radius"] * float(outline.min())  # >= 0.42 radius: the harmonics sum to <= 0.5
     ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
-    frames, masks = [], []
+    frames, masks, tracks = [], [], []
     for t in range(n_frames):
         oy = int(round(margin + float(pan[0]) * t))
         ox = int(round(margin + float(pan[1]) * t))
@@ -85,8 +101,14 @@ def render_sequence(seed: int, n_frames: int = 24, size=(240, 432), n_objects: i
             tex = F.grid_sample(o["tex"][None], grid, mode="bilinear", padding_mode="reflection", align_corners=False)[0]
             img[:, y0:y1, x0:x1] = torch.where(inside[None], tex, img[:, y0:y1, x0:x1])
             mask[y0:y1, x0:x1][inside] = i
+            if points is not None and i == len(objs):  # object -> image coordinates, the inverse of (u, v) above
+                u, v = points[:, 0] * fit * scale, points[:, 1] * fit * scale
+                dx, dy = math.cos(ang) * u - math.sin(ang) * v, math.sin(ang) * u + math.cos(ang) * v
+                tracks.append(torch.stack([c[1] + dx, c[0] + dy], -1).numpy())
         frames.append((img.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
         masks.append(mask.numpy())
+    if points is not None:
+        return np.stack(frames), np.stack(masks), np.stack(tracks).astype(np.float64)
     return np.stack(frames), np.stack(masks)
 
 
@@ -169,5 +191,40 @@ def make_synthetic_videos(root: str | Path, n_videos: int = 8, n_frames: int = 3
         d.mkdir(parents=True, exist_ok=True)
         for t, f in enumerate(frames):
             Image.fromarray(f).save(d / f"{t:05d}.jpg", quality=95)
+    stamp.write_text(settings)
+    return root
+
+
+# A stick figure in the JHMDB joint order (stt.data.JHMDB_JOINTS), (u, v) in units of the radius
+# that fits inside the body object: u to the image's right (the person's left), v down.
+_FIGURE = ((0.0, -0.55), (0.0, 0.05), (0.0, -0.85), (-0.3, -0.5), (0.3, -0.5), (-0.2, 0.25), (0.2, 0.25),
+           (-0.5, -0.2), (0.5, -0.2), (-0.25, 0.55), (0.25, 0.55), (-0.6, 0.1), (0.6, 0.1), (-0.3, 0.9), (0.3, 0.9))
+
+
+def make_synthetic_jhmdb(root: str | Path, n_clips: int = 1, n_frames: int = 40, size=(240, 320),
+                         seed: int = 0) -> Path:
+    """A synthetic stand-in in the official JHMDB layout, for a machine without JHMDB::
+
+        <root>/Frames/synthetic/<clip>/%05d.png                          (1-based)
+        <root>/joint_positions/synthetic/<clip>/joint_positions.mat      (pos_img: 2 x 15 x T, 1-based)
+
+    The 15 "joints" are a stick figure fixed on a textured object (:func:`render_sequence` with
+    ``points``): exact tracks, so PCK runs on it; it says nothing about human pose."""
+    from scipy.io import savemat
+
+    root = Path(root)
+    settings = f"jhmdb n_clips={n_clips} n_frames={n_frames} size={tuple(size)} seed={seed}\n"
+    stamp = root / "SETTINGS"
+    if stamp.is_file() and stamp.read_text() == settings:
+        return root
+    for i in range(n_clips):
+        frames, _, tracks = render_sequence(seed * 1000 + 700 + i, n_frames, size, points=_FIGURE)
+        clip = Path("synthetic") / f"synth_{seed:03d}_{i:02d}"
+        (root / "Frames" / clip).mkdir(parents=True, exist_ok=True)
+        (root / "joint_positions" / clip).mkdir(parents=True, exist_ok=True)
+        for t, f in enumerate(frames, start=1):
+            Image.fromarray(f).save(root / "Frames" / clip / f"{t:05d}.png")
+        pos_img = (tracks + 1.0).transpose(2, 1, 0)  # T x 15 x (x, y) 0-based -> 2 x 15 x T 1-based
+        savemat(root / "joint_positions" / clip / "joint_positions.mat", {"pos_img": pos_img})
     stamp.write_text(settings)
     return root

@@ -111,3 +111,35 @@ def test_vip_bad_annotation_names_the_file(tmp_path):
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(root / "Annotations/Category_ids" / name / f"{1:012d}.png")
     with pytest.raises(ValueError, match=f"{1:012d}.png: expected a 64x48"):
         VIP(root).load(name)
+
+
+def test_synthetic_jhmdb_is_read_by_the_real_reader_and_scored(tmp_path):
+    from scipy.io import loadmat
+
+    from stt.data import JHMDB
+    from stt.metrics import joints_visible, pck
+    from stt.synthetic import make_synthetic_jhmdb
+
+    root = make_synthetic_jhmdb(tmp_path / "JHMDB", n_clips=2, n_frames=8, size=(48, 64), seed=1)
+    clip = root / "Frames" / "synthetic" / "synth_001_00"
+    assert sorted(p.name for p in clip.iterdir())[0] == "00001.png"  # official layout: 1-based PNG frames
+    mat = root / "joint_positions" / "synthetic" / "synth_001_00" / "joint_positions.mat"
+    assert loadmat(str(mat))["pos_img"].shape == (2, 15, 8)
+    ds = JHMDB(tmp_path)  # found as the JHMDB child of a data root
+    assert ds.root == root and ds.names == ["synthetic/synth_001_00", "synthetic/synth_001_01"]
+    frames, joints = ds.load(ds.names[0])
+    assert frames.shape == (8, 48, 64, 3) and joints.shape == (8, 15, 2)
+    assert joints[0, 2, 1] < joints[0, 0, 1] < joints[0, 1, 1]  # face above neck above belly, as in JHMDB
+    # The keypoints are fixed on the textured object: the colour under each one stays put.
+    x, y = np.rint(joints - 1).astype(int).transpose(2, 0, 1)  # 1-based -> 0-based pixels
+    inside = (x >= 0) & (x < 64) & (y >= 0) & (y < 48)
+    xc, yc = x.clip(0, 63), y.clip(0, 47)
+    under = frames[np.arange(8)[:, None], yc, xc].astype(float)  # T x 15 x 3
+    change = np.abs(under - under[:1])[inside & inside[:1]].mean()
+    still = frames[np.arange(8)[:, None], yc[:1], xc[:1]].astype(float)  # the frame-0 positions over time
+    assert change < 0.5 * np.abs(still - still[:1]).mean()
+    # PCK of copying frame 0's joints to every frame is computed and lies in [0, 1].
+    copy = np.repeat(joints[:1], 7, axis=0)
+    res = pck(copy, joints[1:], joints_visible(joints[1:], (48, 64)))
+    assert 0 <= res[0.1]["mean"] <= res[0.2]["mean"] <= 1
+    assert make_synthetic_jhmdb(root, n_clips=2, n_frames=8, size=(48, 64), seed=1) == root  # reused
