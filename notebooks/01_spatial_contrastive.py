@@ -1,10 +1,14 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -48,7 +52,7 @@ from stt.encoder import build_feature_model
 from stt.evaluate import davis_or_synthetic, evaluate_davis
 from stt.losses import info_nce
 from stt.propagation import normalize_features
-from stt.recipes import SPATIAL, SPATIAL_COMMON, default_video_data, train_spatial
+from stt.recipes import SPATIAL, SPATIAL_COMMON, default_video_data, moco_queue_size, train_spatial
 from stt.train import load_checkpoint
 from stt.viz import save_figure
 
@@ -59,7 +63,7 @@ scale = "small"  # smoke | small | full
 run_dir = "../runs/small"  # artefacts, figures and results of this run
 data_root = ""  # DAVIS for evaluation; empty: $STT_DATA, else the synthetic stand-in
 video_root = ""  # training videos or images, absolute or under $STT_DATA; empty: $STT_DATA/videos
-config = "small"  # training preset of stt.recipes.SPATIAL: smoke | small | full
+config = "small"  # training preset of stt.recipes.SPATIAL: smoke | small | gpu | full
 steps = 0  # override the preset's number of steps; 0: keep it
 eval_short_side = 240  # DAVIS evaluation resolution (short side)
 eval_max_sequences = 0  # evaluate the first N DAVIS sequences; 0: all
@@ -101,7 +105,7 @@ g = torch.Generator().manual_seed(0)
 picks = torch.randint(0, len(images), (6,), generator=g).tolist()
 fig, axes = plt.subplots(3, 6, figsize=(13, 6.6))
 for j, i in enumerate(picks):
-    v1, v2 = pairs[(i, 1000 + j)]
+    v1, v2, _ = pairs[(i, 1000 + j)]
     axes[0, j].imshow(images.get(i))
     axes[1, j].imshow(v1.permute(1, 2, 0))
     axes[2, j].imshow(v2.permute(1, 2, 0))
@@ -123,8 +127,8 @@ plt.show()
 #
 # $$\mathcal{L}_q = -\log \frac{\exp(q\cdot k_+/t)}{\exp(q\cdot k_+/t) + \sum_{j=1}^{K} \exp(q\cdot n_j/t)}.$$
 #
-# * **Queue.** $K$ can be far larger than the batch (65 536 for ImageNet; 4 096 here, scaled to
-#   our 2 657 frames), decoupling the number of negatives from memory.
+# * **Queue.** $K$ can be far larger than the batch, decoupling the number of negatives from
+#   memory, but not larger than the data allows: section 4 sizes it.
 # * **Momentum encoder.** Keys in the queue must come from a slowly changing encoder, or they
 #   would be inconsistent with each other: $\theta_k \leftarrow m\,\theta_k + (1-m)\,\theta_q$,
 #   $m = 0.999$; only $f_q$ gets gradients.
@@ -148,7 +152,49 @@ print(f"InfoNCE {loss:.4f} (chance level log(1 + K) = {np.log(33):.4f}); positiv
       f"{(logits.argmax(1) == 0).float().mean():.0%} of queries")
 
 # %% [markdown]
-# ## 4 · Training
+# ## 4 · How long a queue can the data support?
+#
+# Every image's key enters the queue once per epoch, so a queue of $K$ keys spans $K/N$ epochs
+# of an $N$-image training set. MoCo's 65 536 keys are about 5 % of ImageNet's 1.28 M images: a
+# query meets its own image's stale key in the queue with a chance of 5 %, and almost all its
+# negatives really are other images. Frames of videos change this twice over:
+#
+# * the set is small: with $K \ge N$, *every* query finds $K/N$ stale keys of its own image among
+#   its "negatives", and the loss asks the network to tell an image from itself;
+# * neighbouring frames of one video are near-duplicates: a query also meets about $K/V$ keys of
+#   its own video ($V$ videos), which are just as hard to call negative.
+#
+# So the recipe sizes the queue from the data, at most a fraction $f$ of the training images
+# (`max_queue_fraction`, 0.25: a preset's larger queue is clamped, saying so, and a larger one
+# asked for by hand is refused), and MoCo leaves the keys of the query's own video out of its
+# negatives (`exclude_same_instance`, *ours*; on ImageNet each image is its own instance, so it
+# only removes the query's own stale key). The arithmetic for this run's data:
+
+# %%
+n_img, n_vid = len(images), images.n_instances
+K_auto = moco_queue_size("auto", n_img, settings["max_queue_fraction"])
+for label, K in [("the earlier small preset", 4096), ("sized from the data", K_auto)]:
+    print(f"K = {K:6d} ({label}): spans {K / n_img:.2f} epochs of the {n_img} images; a query meets "
+          f"{K / n_img:.2f} stale keys of its own image and ~{K / n_vid:.0f} keys of its own video (of {n_vid})")
+
+# %% [markdown]
+# Measured: five short runs (300 steps each, the `small` preset otherwise) scored by label
+# propagation on 8 development sequences of DAVIS, made by `python studies/run.py queue`
+# (`-x`: keys of the query's own video left out):
+
+# %%
+from stt.runner import REPO
+
+study = REPO / "studies" / "results" / "queue.md"
+if study.is_file():
+    from IPython.display import Markdown, display
+
+    display(Markdown(study.read_text()))
+else:
+    print(f"{study} not found: run `python studies/run.py queue` from the project's root")
+
+# %% [markdown]
+# ## 5 · Training
 #
 # `stt.recipes.train_spatial` builds the MoCo model, the data and a `stt.train.Trainer`. The
 # trainer is seeded (sample $j$ of step $s$ is a fixed function of the seed), writes an atomic
@@ -177,7 +223,7 @@ print(f"{ckpt_path}: step {ckpt['step']}, last loss {hist[-1]['loss']:.3f}, {rat
 steps_, loss_, acc_ = (np.array([h[k] for h in hist]) for k in ("step", "loss", "acc"))
 fig, axes = plt.subplots(1, 2, figsize=(10, 3))
 axes[0].plot(steps_, loss_)
-axes[0].axhline(np.log(settings["queue_size"] + 1), ls="--", c="gray", lw=1)
+axes[0].axhline(np.log(ckpt["config"]["extra"]["queue_size"] + 1), ls="--", c="gray", lw=1)
 axes[0].set(xlabel="step", ylabel="InfoNCE", title="loss (dashed: chance, log(1+K))")
 axes[1].plot(steps_, 100 * acc_)
 axes[1].set(xlabel="step", ylabel="%", title="positive key ranked first among 1 + K")
@@ -186,7 +232,7 @@ plt.show()
 assert np.isfinite(loss_).all()
 
 # %% [markdown]
-# ## 5 · What did it learn? Nearest neighbours and dense similarity
+# ## 6 · What did it learn? Nearest neighbours and dense similarity
 #
 # **Image level.** Embed a few hundred training frames with the query encoder (trained vs the
 # same network at random initialisation) and show each query frame's nearest neighbours.
@@ -251,7 +297,7 @@ save_figure(fig, "01_dense_similarity", fig_dir)
 plt.show()
 
 # %% [markdown]
-# ## 6 · Label propagation on DAVIS
+# ## 7 · Label propagation on DAVIS
 #
 # The test of a correspondence feature: the protocol of notebook 04 (STT defaults), trained
 # encoder vs the same architecture at random initialisation. The random-r18 result is reused

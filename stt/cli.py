@@ -111,7 +111,7 @@ def cmd_color_clusters(a) -> int:
 def _add_train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--data", default=None, help="videos / frame folders / image folder [$STT_DATA/videos]")
     t.add_argument("--out", required=True, help="output folder (checkpoint.pth, train_log.jsonl; resumes)")
-    t.add_argument("--config", default="small", choices=("smoke", "small", "full"), help="preset [small]")
+    t.add_argument("--config", default="small", choices=("smoke", "small", "gpu", "full"), help="preset [small]")
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None, help="global batch (split across torchrun processes)")
     t.add_argument("--lr", type=float, default=None)

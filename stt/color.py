@@ -32,8 +32,10 @@ LAB_STD = (50.0, 127.0, 127.0)
 
 
 def _matrix(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Apply a 3x3 colour matrix over the channel dimension (-3)."""
-    return torch.einsum("ij,...jhw->...ihw", m.to(x), x)
+    """Apply a 3x3 colour matrix over the channel dimension (-3), in ``x``'s precision even under
+    autocast (colour values and reconstruction targets must not be rounded to bf16)."""
+    with torch.autocast(x.device.type, enabled=False):
+        return torch.einsum("ij,...jhw->...ihw", m.to(x), x)
 
 
 def _channel_view(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -96,16 +98,38 @@ def rgb_to_normalized_lab(rgb: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------- CorrFlow quantisation
 
 
-def kmeans(x: torch.Tensor, k: int = 16, iters: int = 50, seed: int = 0) -> torch.Tensor:
-    """Lloyd's k-means with k-means++ seeding on the rows of ``x`` (N x D); returns k x D centroids.
+def kmeans(x: torch.Tensor, k: int = 16, iters: int = 50, seed: int = 0, max_points: int | None = None,
+           device=None, progress: bool = False) -> torch.Tensor:
+    """Lloyd's k-means with k-means++ seeding on the rows of ``x`` (N x D); returns k x D centroids
+    (float32, on the CPU).
 
     CorrFlow quantises the (a, b) plane of Lab into 16 colours computed on training frames
-    (SPEC section 4: the project computes them and saves them with the checkpoint)."""
+    (SPEC section 4: the project computes them and saves them with the checkpoint).
+
+    Args:
+        k: number of clusters [16].
+        iters: at most this many Lloyd iterations [50]; stops earlier at a fixed point.
+        seed: seeds the subsample and the k-means++ draws; the result is a function of
+            (x, k, iters, seed, max_points) on a given device.
+        max_points: fit on at most this many rows, drawn uniformly without replacement
+            (default: all rows). Two-dimensional colours need far fewer than the millions of pixels
+            of thousands of frames for 16 centres.
+        device: where the assignment step (N x k distances, the only O(N k) part) runs; default
+            ``x``'s device. Seeding and centroid updates run on the CPU in a fixed order, so the
+            result does not depend on the order of GPU atomics.
+        progress: a tqdm bar over the iterations.
+    """
+    from tqdm.auto import tqdm
+
     g = torch.Generator().manual_seed(seed)
-    x = x.float()
+    dev = torch.device(device) if device is not None else x.device
+    x = x.detach().float().cpu()
     n = x.shape[0]
     if n < k:
         raise ValueError(f"k-means needs at least k = {k} samples, got {n}")
+    if max_points is not None and n > max_points:
+        x = x[torch.randperm(n, generator=g)[:max_points]]
+        n = max_points
     centers = [x[torch.randint(0, n, (1,), generator=g)].squeeze(0)]
     d2 = ((x - centers[0]) ** 2).sum(1)
     for _ in range(1, k):
@@ -114,16 +138,72 @@ def kmeans(x: torch.Tensor, k: int = 16, iters: int = 50, seed: int = 0) -> torc
         centers.append(c)
         d2 = torch.minimum(d2, ((x - c) ** 2).sum(1))
     c = torch.stack(centers)
-    for _ in range(iters):
-        assign = torch.cdist(x, c).argmin(1)
+    xd = x.to(dev)  # N x D, for the assignment step
+    bar = tqdm(range(iters), desc=f"k-means ({n} points, {dev.type})", unit="iter", disable=not progress)
+    for _ in bar:
+        assign = torch.cdist(xd, c.to(dev)).argmin(1).cpu()  # N
         new = torch.zeros_like(c).index_add_(0, assign, x)
         counts = torch.bincount(assign, minlength=k).float()[:, None]
         new = torch.where(counts > 0, new / counts.clamp(min=1), c)  # an empty cluster keeps its centre
+        shift = float((new - c).abs().max())
+        bar.set_postfix(shift=f"{shift:.2g}", refresh=False)
         if torch.allclose(new, c, atol=1e-6):
             c = new
             break
         c = new
+    bar.close()
     return c
+
+
+class StreamSample:
+    """A uniform random sample, without replacement, of at most ``size`` rows of a stream of row
+    blocks, seeded, in memory for at most ``2 * size`` rows (k-means colours of thousands of frames).
+
+    Every row of the stream gets a uniform random key and the ``size`` smallest keys stay. A row
+    whose key is above the current ``size``-th smallest can never enter, so :meth:`offer` says
+    which rows of the next block can, and the caller computes (e.g. converts to Lab) only those
+    before :meth:`add`. :meth:`rows` returns the sample sorted by the caller's ``order`` keys: all
+    rows in that order when the stream had at most ``size``.
+    """
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size, self.gen = size, torch.Generator().manual_seed(seed)
+        self.threshold = float("inf")  # keys at or above it cannot enter any more
+        self.parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (rows, keys, order)
+        self.held = 0
+
+    def offer(self, order: torch.Tensor) -> torch.Tensor:
+        """Draw the keys of the next ``len(order)`` rows (``order``: their int64 sort keys); returns
+        the indices of those rows that can enter; pass those rows, in that order, to :meth:`add`."""
+        key = torch.rand(len(order), generator=self.gen)
+        idx = torch.nonzero(key < self.threshold).squeeze(1)
+        self._offered = key[idx], order[idx]
+        return idx
+
+    def add(self, rows: torch.Tensor) -> None:
+        key, order = self._offered
+        if len(rows) != len(key):
+            raise ValueError(f"add() got {len(rows)} rows for the {len(key)} that offer() let in")
+        self.parts.append((rows, key, order))
+        self.held += len(key)
+        if self.held > 2 * self.size:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        rows, key, order = (torch.cat(z) for z in zip(*self.parts))
+        if len(key) > self.size:
+            sel = key.topk(self.size, largest=False, sorted=False).indices
+            rows, key, order = rows[sel], key[sel], order[sel]
+            self.threshold = float(key.max())
+        self.parts, self.held = [(rows, key, order)], len(key)
+
+    def rows(self) -> torch.Tensor:
+        """The sample (at most ``size`` rows), sorted by ``order``."""
+        if not self.parts:
+            raise ValueError("no rows were added")
+        self._shrink()
+        rows, _, order = self.parts[0]
+        return rows[order.argsort()]
 
 
 def quantize_ab(lab: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:

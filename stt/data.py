@@ -275,12 +275,14 @@ class VideoFrames:
 
     With ``cache_dir``, each video file is decoded once into a ``.npy`` array (memory-mapped on
     use): fast random access for small corpora. Without it, frames are decoded on demand (large
-    corpora such as Kinetics). Unreadable videos are skipped with a warning that names them.
+    corpora such as Kinetics) and only the frame counts are read up front, ``workers`` files at a
+    time (decord works outside the GIL; the counts are the same as one by one). Unreadable
+    videos are skipped with a warning that names them.
     """
 
     def __init__(self, root: str | Path, cache_dir: str | Path | None = None, fps: float = 6.0,
                  short_side: int | None = 256, max_videos: int | None = None, min_frames: int = 2,
-                 progress: bool = True):
+                 progress: bool = True, workers: int | None = None):
         import warnings
 
         from tqdm.auto import tqdm
@@ -299,6 +301,8 @@ class VideoFrames:
             cache.mkdir(parents=True, exist_ok=True)
         self.videos: list[tuple[str, object, int]] = []  # (name, source, number of frames)
         self.skipped: list[str] = []
+        counts = self._counts([src for _, src in items if not cache and not src.is_dir()],
+                              workers or min(8, os.cpu_count() or 1))
         for name, src in tqdm(items, desc="indexing videos", disable=not progress, unit="video"):
             try:
                 if src.is_dir():
@@ -314,7 +318,9 @@ class VideoFrames:
                     source = np.load(npy, mmap_mode="r")
                     n = len(source)
                 else:
-                    source, n = src, self._count(src)
+                    source, n = src, next(counts)
+                    if isinstance(n, Exception):
+                        raise n
             except (ValueError, FileNotFoundError) as exc:
                 warnings.warn(f"skipping {src}: {exc}", stacklevel=2)
                 self.skipped.append(str(src))
@@ -325,13 +331,32 @@ class VideoFrames:
             raise ValueError(f"none of the {len(items)} videos under {root} could be read")
 
     def _count(self, path: Path) -> int:
-        import decord
-
         try:
-            vr = decord.VideoReader(str(path), num_threads=1)
+            vr = self._reader(path)
             return int(np.ceil(len(vr) / max(1.0, float(vr.get_avg_fps()) / self.fps)))
         except Exception as exc:
             raise ValueError(f"{path}: cannot decode video ({exc})") from exc
+
+    def _counts(self, paths: list, workers: int):
+        """:meth:`_count` of each path in order (an unreadable file's ValueError in its place, for
+        the indexing loop to skip it), ``workers`` at a time, at most ``4 * workers`` ahead."""
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        def count(path):
+            try:
+                return self._count(path)
+            except ValueError as exc:
+                return exc
+
+        with ThreadPoolExecutor(workers) as pool:
+            pending = deque()
+            for path in paths:
+                pending.append(pool.submit(count, path))
+                if len(pending) > 4 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     def __len__(self) -> int:
         return sum(n for _, _, n in self.videos)
@@ -341,15 +366,29 @@ class VideoFrames:
 
     def frames(self, v: int, ts) -> np.ndarray:
         """Frames ``ts`` of video ``v`` as len(ts) x H x W x 3 uint8 (a writable copy)."""
-        name, src, n = self.videos[v]
-        ts = list(ts)
+        return self._read(self.videos[v][1], list(ts))
+
+    def iter_frames(self, v: int, ts, batch: int = 32):
+        """Frames ``ts`` of video ``v``, ``batch`` at a time: yields (those ts, len x H x W x 3
+        uint8), the same frames as :meth:`frames`, but a video file is opened once and each batch
+        is one decode (reading many frames of one video, e.g. for the k-means colours)."""
+        src, ts = self.videos[v][1], list(ts)
+        reader = None if isinstance(src, (np.ndarray, list)) else self._reader(src)
+        for s in range(0, len(ts), batch):
+            yield ts[s : s + batch], self._read(src, ts[s : s + batch], reader)
+
+    @staticmethod
+    def _reader(path):
+        import decord
+
+        return decord.VideoReader(str(path), num_threads=1)
+
+    def _read(self, src, ts: list, reader=None) -> np.ndarray:
         if isinstance(src, np.ndarray):
             return np.array(src[ts])
         if isinstance(src, list):
             return _resize_uint8(np.stack([read_image(src[t]) for t in ts]), self.short_side)
-        import decord
-
-        vr = decord.VideoReader(str(src), num_threads=1)
+        vr = reader or self._reader(src)
         step = max(1.0, float(vr.get_avg_fps()) / self.fps)
         idx = [min(len(vr) - 1, int(round(t * step))) for t in ts]
         return _resize_uint8(vr.get_batch(idx).asnumpy(), self.short_side)
@@ -386,53 +425,96 @@ class StillImages:
         if not self.index and not self.files:
             raise FileNotFoundError(f"no videos or images under {sources}")
         self.short_side = short_side
+        sizes = [len(c.videos) for c in self.caches]
+        self._video_offset = [sum(sizes[:c]) for c in range(len(sizes))]
+        self.n_videos = sum(sizes)
 
     def __len__(self) -> int:
         return len(self.index) + len(self.files)
 
     def get(self, i: int) -> np.ndarray:
         """Image ``i`` as H x W x 3 uint8."""
+        return self.load(i)[0]
+
+    def load(self, i: int) -> tuple[np.ndarray, int]:
+        """Image ``i`` (H x W x 3 uint8) and its instance: the video it comes from (frames of one
+        video are near-duplicates of each other), or the image file itself."""
         import warnings
 
         for attempt in range(len(self)):
             j = (i + attempt) % len(self)
             if j < len(self.index):
                 c, v, t = self.index[j]
-                return self.caches[c].frames(v, [t])[0]
+                return self.caches[c].frames(v, [t])[0], self._video_offset[c] + v
             try:
-                return read_image(self.files[j - len(self.index)])
+                return read_image(self.files[j - len(self.index)]), self.n_videos + j - len(self.index)
             except (ValueError, FileNotFoundError) as exc:
                 warnings.warn(f"skipping unreadable image: {exc}", stacklevel=2)
         raise ValueError("no readable image in the dataset")
 
+    @property
+    def n_instances(self) -> int:
+        """Distinct instances: videos plus image files."""
+        return self.n_videos + len(self.files)
+
 
 class TwoViews(torch.utils.data.Dataset):
-    """MoCo training pairs: two independent MoCo v2 augmentations of one still image."""
+    """MoCo training pairs: two independent MoCo v2 augmentations of one still image, and the
+    image's instance (:meth:`StillImages.load`).
 
-    def __init__(self, images: StillImages, size: int = 224):
-        self.images, self.size = images, size
+    ``on_device=False``: the loader's workers build the views (CPU, per sample); items are
+    ``(view 1, view 2, instance)``. ``on_device=True``: the workers only draw the parameters and
+    cut the uint8 crops; :meth:`collate` pads them into one uint8 batch and :meth:`to_device`
+    resizes and jitters the whole batch on the training device (:mod:`stt.augment`)."""
+
+    def __init__(self, images: StillImages, size: int = 224, on_device: bool = False):
+        self.images, self.size, self.on_device = images, size, on_device
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, key):
-        from .augment import moco_v2_view
+        from .augment import cut, moco_v2_params, moco_v2_view
 
         idx, seed = key
         gen = torch.Generator().manual_seed(seed)
-        img = self.images.get(idx)
-        return moco_v2_view(img, self.size, gen), moco_v2_view(img, self.size, gen)
+        img, instance = self.images.load(idx)
+        if not self.on_device:
+            return moco_v2_view(img, self.size, gen), moco_v2_view(img, self.size, gen), instance
+        p1, p2 = moco_v2_params(*img.shape[:2], gen), moco_v2_params(*img.shape[:2], gen)
+        return cut(img, p1["box"]), cut(img, p2["box"]), p1, p2, instance
+
+    def collate(self, items):
+        if not self.on_device:
+            return torch.utils.data.default_collate(items)
+        from .augment import collate_params, pad_stack
+
+        q, k, p1, p2, inst = zip(*items)
+        return {"q": pad_stack(q), "k": pad_stack(k), "p1": collate_params(p1), "p2": collate_params(p2),
+                "instance": torch.tensor(inst)}
+
+    def to_device(self, batch, device):
+        """A collated batch -> ``(im_q, im_k, instance)`` on ``device``, B x 3 x S x S each."""
+        if not self.on_device:
+            return move_to(batch, device)
+        from .augment import photometric, resize_crops
+
+        b = move_to(batch, device)
+        views = [photometric(resize_crops(*b[v], self.size), b[p]) for v, p in (("q", "p1"), ("k", "p2"))]
+        return views[0], views[1], b["instance"]
 
 
 class FrameClips(torch.utils.data.Dataset):
     """Clips of ``n_frames`` frames, ``gap`` stored frames apart, with one random resized crop and
     flip shared by the whole clip (:func:`stt.augment.clip_crop`): STT step 2 pairs
     (``n_frames=2, gap=1``, area 0.6-1.0, aspect 1.5-2.0, 256 x 256) and CorrFlow clips.
-    Items are ``n_frames x 3 x size x size`` RGB in [0, 1]."""
+    Items are ``n_frames x 3 x size x size`` RGB in [0, 1]; with ``on_device`` the crop is cut
+    in the worker and resized on the training device, as :class:`TwoViews`."""
 
     def __init__(self, videos: VideoFrames, n_frames: int = 2, gap: int = 1, size: int = 256,
-                 scale=(0.6, 1.0), ratio=(1.5, 2.0)):
+                 scale=(0.6, 1.0), ratio=(1.5, 2.0), on_device: bool = False):
         self.videos, self.n, self.gap, self.size, self.scale, self.ratio = videos, n_frames, gap, size, scale, ratio
+        self.on_device = on_device
         span = (n_frames - 1) * gap
         self.index = [(v, t) for v, t in videos.frame_index() if t + span < videos.length(v)]
         if not self.index:
@@ -442,12 +524,47 @@ class FrameClips(torch.utils.data.Dataset):
         return len(self.index)
 
     def __getitem__(self, key):
-        from .augment import clip_crop
+        from .augment import clip_crop, clip_params, cut
 
         idx, seed = key
         v, t = self.index[idx]
         frames = self.videos.frames(v, range(t, t + self.n * self.gap, self.gap))
-        return clip_crop(frames, self.size, torch.Generator().manual_seed(seed), self.scale, self.ratio)
+        gen = torch.Generator().manual_seed(seed)
+        if not self.on_device:
+            return clip_crop(frames, self.size, gen, self.scale, self.ratio)
+        p = clip_params(*frames.shape[1:3], gen, self.scale, self.ratio)
+        return cut(frames, p["box"]), p["flip"]
+
+    def collate(self, items):
+        if not self.on_device:
+            return torch.utils.data.default_collate(items)
+        from .augment import pad_stack
+
+        crops, flips = zip(*items)
+        return {"crops": pad_stack(crops), "flip": torch.tensor(flips)}
+
+    def to_device(self, batch, device):
+        """A collated batch -> B x T x 3 x S x S clips on ``device``."""
+        if not self.on_device:
+            return move_to(batch, device)
+        from .augment import flip_batch, resize_crops
+
+        b = move_to(batch, device)
+        crops, sizes = b["crops"]  # B x T x Hmax x Wmax x 3 uint8, B x 2
+        B, T = crops.shape[:2]
+        x = resize_crops(crops.flatten(0, 1), sizes.repeat_interleave(T, 0), self.size)
+        return flip_batch(x.view(B, T, 3, self.size, self.size), b["flip"])
+
+
+def move_to(x, device):
+    """Tensors (in nested tuples, lists, dicts) to ``device``, asynchronously from pinned memory."""
+    if torch.is_tensor(x):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, (list, tuple)):
+        return type(x)(move_to(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: move_to(v, device) for k, v in x.items()}
+    return x
 
 
 # ---------------------------------------------------------------------------- JHMDB and VIP

@@ -5,15 +5,20 @@ import torch
 import torch.nn.functional as F
 
 
-def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2):
+def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2,
+             exclude: torch.Tensor | None = None):
     """InfoNCE of MoCo (SPEC section 2).
 
     ``L = -log( exp(q.k+ / t) / (exp(q.k+ / t) + sum_j exp(q.n_j / t)) )``, averaged over the batch,
     with q, k (B x D) unit queries and their positive keys and ``queue`` (D x K) the negatives.
-    Returns (loss, logits), logits B x (1 + K) with the positive in column 0.
+    ``exclude`` (B x K, optional): queue entries that are not negatives of a query (other views
+    of its own instance, *ours*); they are left out of its sum.
+    Returns (loss, logits), logits B x (1 + K) with the positive in column 0 (-inf where excluded).
     """
     l_pos = torch.einsum("nc,nc->n", q, k)[:, None]  # B x 1
     l_neg = torch.einsum("nc,ck->nk", q, queue)  # B x K
+    if exclude is not None:
+        l_neg = l_neg.masked_fill(exclude, float("-inf"))
     logits = torch.cat([l_pos, l_neg], dim=1) / temperature
     labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
     return F.cross_entropy(logits, labels), logits

@@ -34,6 +34,12 @@ def _dist_world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def full_precision(x: torch.Tensor):
+    """A region where autocast is off: correlations, softmaxes and losses stay in fp32 while the
+    encoders run in bf16 (:class:`stt.train.Trainer` ``amp``)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 @torch.no_grad()
 def gather_all(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every process (no gradient); ``x`` itself when not distributed."""
@@ -59,6 +65,10 @@ class MoCo(nn.Module):
         momentum: key-encoder momentum m [0.999].
         temperature: InfoNCE temperature [0.2 for v2].
         input_space: ``lab`` (the official STT step-1 R18 checkpoint is a Lab MoCo) or ``rgb``.
+        exclude_same_instance: leave queue entries of the query's own instance (its video: every
+            frame of a clip is a near-duplicate of its neighbours) out of its negatives [on;
+            *ours*: on ImageNet each image is its own instance and this only removes the query's
+            own stale key]. Needs batches ``(im_q, im_k, instance ids)``.
         bn_splits: BatchNorm groups per process. MoCo computes BN per GPU and shuffles keys across
             GPUs so that a query and its key never share batch statistics ("shuffle BN"). On one
             device this is emulated by running the batch in ``bn_splits`` chunks with the keys
@@ -66,9 +76,11 @@ class MoCo(nn.Module):
     """
 
     def __init__(self, arch: str = "resnet18", dim: int = 128, queue_size: int = 4096, momentum: float = 0.999,
-                 temperature: float = 0.2, input_space: str = "lab", bn_splits: int = 1):
+                 temperature: float = 0.2, input_space: str = "lab", bn_splits: int = 1,
+                 exclude_same_instance: bool = True):
         super().__init__()
         self.m, self.t, self.bn_splits = momentum, temperature, bn_splits
+        self.exclude_same_instance = exclude_same_instance
         self.encoder_q = ResNetEncoder(arch, "imagenet", input_space)
         c = self.encoder_q.channels["layer4"]
         self.head_q = nn.Sequential(nn.Linear(c, c), nn.ReLU(inplace=True), nn.Linear(c, dim))
@@ -79,6 +91,7 @@ class MoCo(nn.Module):
         g = torch.Generator().manual_seed(1234)
         self.register_buffer("queue", F.normalize(torch.randn(dim, queue_size, generator=g), dim=0))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_ids", torch.full((queue_size,), -1, dtype=torch.long))  # -1: no instance
 
     def embed(self, encoder: ResNetEncoder, head: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """RGB images -> unit-length embeddings, BatchNorm statistics per chunk of the batch."""
@@ -86,7 +99,7 @@ class MoCo(nn.Module):
         for chunk in x.chunk(self.bn_splits):
             f = encoder(encoder.preprocess(chunk), levels=("layer4",))["layer4"]  # b x C x h x w
             outs.append(head(f.mean((2, 3))))
-        return F.normalize(torch.cat(outs), dim=1)
+        return F.normalize(torch.cat(outs).float(), dim=1)  # fp32 even under autocast: InfoNCE and the queue
 
     @torch.no_grad()
     def momentum_update(self) -> None:
@@ -96,13 +109,16 @@ class MoCo(nn.Module):
             k.mul_(self.m).add_(q.detach(), alpha=1 - self.m)
 
     @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Replace the oldest entries of the queue by ``keys`` (B x dim), wrapping around."""
+    def enqueue(self, keys: torch.Tensor, ids: torch.Tensor | None = None) -> None:
+        """Replace the oldest entries of the queue by ``keys`` (B x dim) and their instance ``ids``
+        (B, or None: unknown), wrapping around."""
         keys = gather_all(keys)
+        ids = gather_all(ids) if ids is not None else torch.full((keys.shape[0],), -1, device=keys.device)
         K = self.queue.shape[1]
         n = min(keys.shape[0], K)
         idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % K
         self.queue[:, idx] = keys[:n].t()
+        self.queue_ids[idx] = ids[:n].to(self.queue_ids)
         self.queue_ptr.copy_((self.queue_ptr + n) % K)
 
     @torch.no_grad()
@@ -122,13 +138,22 @@ class MoCo(nn.Module):
         return k_all[torch.argsort(perm)][r * b:(r + 1) * b]
 
     def forward(self, batch, gen: torch.Generator | None = None) -> dict:
-        im_q, im_k = batch
+        """batch: ``(im_q, im_k)`` or ``(im_q, im_k, instance ids)``, views B x 3 x S x S RGB."""
+        im_q, im_k = batch[:2]
+        ids = batch[2] if len(batch) > 2 else None
         q = self.embed(self.encoder_q, self.head_q, im_q)  # B x dim
         self.momentum_update()
         k = self.keys(im_k, gen)  # B x dim
-        loss, logits = info_nce(q, k, self.queue.clone().detach(), self.t)
-        self.enqueue(k)
-        return {"loss": loss, "acc": (logits.argmax(1) == 0).float().mean()}
+        exclude = None
+        if self.exclude_same_instance and ids is not None:
+            exclude = ids.view(-1, 1) == self.queue_ids.view(1, -1)  # B x K
+        with full_precision(q):
+            loss, logits = info_nce(q, k, self.queue.clone().detach(), self.t, exclude)
+        self.enqueue(k, ids)
+        out = {"loss": loss, "acc": (logits.argmax(1) == 0).float().mean()}
+        if exclude is not None:
+            out["excluded"] = exclude.float().sum(1).mean()  # queue entries per query left out
+        return out
 
     def encoder_state_dict(self) -> dict:
         """The query trunk in torchvision layout: what STT step 2 and evaluation load."""
@@ -199,17 +224,26 @@ class STT(nn.Module):
         x, ch = lab_channel_dropout(lab, gen)
         levels = ("layer2", "layer3") + (("layer4",) if self.gcd else ())
         f = self.encoder(x.flatten(0, 1), levels=levels)  # frames interleaved: ref, tar, ref, ...
+        if self.gcd:  # in fp32: GCD's teacher temperature (0.07) magnifies bf16 rounding of its features
+            with torch.no_grad(), full_precision(lab):
+                teacher = self.teacher(lab.flatten(0, 1), levels=("layer4",))["layer4"]
+        with full_precision(x):
+            f = {k: v.float().contiguous() for k, v in f.items()}
+            return self.losses(f, lab, ch, B, batch.shape[-1], teacher.float() if self.gcd else None)
+
+    def losses(self, f: dict, lab: torch.Tensor, ch: int, B: int, S: int, teacher: torch.Tensor | None) -> dict:
+        """The losses from the student's features ``f`` (frames interleaved) and the teacher's."""
         split = lambda t: (t.view(B, 2, *t.shape[1:])[:, 0], t.view(B, 2, *t.shape[1:])[:, 1])  # noqa: E731
         (r4, t4), (r8, t8) = split(f["layer2"]), split(f["layer3"])
         y_ref, y_tar = lab[:, 0, ch : ch + 1], lab[:, 1, ch : ch + 1]  # the dropped channel, undropped
         out = {}
         _, a4 = self.affinities(t4, r4, self.r4)
-        out["rec4"] = reconstruction_loss(a4, y_ref, y_tar, self.r4, batch.shape[-1] // r4.shape[-1])
+        out["rec4"] = reconstruction_loss(a4, y_ref, y_tar, self.r4, S // r4.shape[-1])
         loss = out["rec4"]
         if self.pyramid or self.lcd:
             c8, a8 = self.affinities(t8, r8, self.r8)
         if self.pyramid:
-            out["rec8"] = reconstruction_loss(a8, y_ref, y_tar, self.r8, batch.shape[-1] // r8.shape[-1])
+            out["rec8"] = reconstruction_loss(a8, y_ref, y_tar, self.r8, S // r8.shape[-1])
             loss = loss + out["rec8"]
         if self.lcd:
             target = pool_fine_affinity(a4.detach(), self.r4, self.r8)
@@ -218,9 +252,7 @@ class STT(nn.Module):
             loss = loss + self.w_lcd * out["lcd"]
         if self.gcd:
             s_ref, s_tar = split(f["layer4"])
-            with torch.no_grad():
-                t = self.teacher(lab.flatten(0, 1), levels=("layer4",))["layer4"]
-            t_ref, t_tar = split(t)
+            t_ref, t_tar = split(teacher)
             out["gcd"] = global_correlation_distillation(s_tar, s_ref, t_tar, t_ref, self.tt)
             loss = loss + self.w_gcd * out["gcd"]
         out["loss"] = loss
@@ -321,10 +353,16 @@ class CorrFlow(nn.Module):
         labels = quantize_ab(rgb_to_lab(batch), self.centroids)  # B x 3 x S x S, the colour classes
         x = self.bottleneck(batch, gen)
         f = self.encoder(x.flatten(0, 1)).view(B, T, -1, S // 4, S // 4)
+        with full_precision(x):
+            return self.losses(f.float(), labels, gen)
+
+    def losses(self, f: torch.Tensor, labels: torch.Tensor, gen: torch.Generator | None) -> dict:
+        """Forward, scheduled-sampling and cycle losses from features f (B x 3 x C x h x w)."""
+        B = f.shape[0]
         onehot = lambda t: F.one_hot(labels[:, t, ::4, ::4], self.n_colors).permute(0, 3, 1, 2).float()  # noqa: E731
         nll = lambda p, t: corrflow_nll(p, labels[:, t])  # noqa: E731
         p1 = self.attend(f[:, 1], f[:, 0], onehot(0))
-        use_gt = (torch.rand(B, generator=gen) < self.epsilon()).to(batch.device).view(B, 1, 1, 1)
+        use_gt = (torch.rand(B, generator=gen) < self.epsilon()).to(f.device).view(B, 1, 1, 1)
         p2 = self.attend(f[:, 2], f[:, 1], torch.where(use_gt, onehot(1), p1))
         out = {"forward1": nll(p1, 1), "forward2": nll(p2, 2)}
         out["loss"] = out["forward1"] + out["forward2"]

@@ -12,10 +12,12 @@ notebook's own section) and writes::
 ``--prepare-only`` injects the parameters without executing (for ``pytest --nbval-lax``).
 A notebook whose parameter file names a parameter it does not declare is an error.
 
-``--publish`` (after a ``small`` or ``full`` run) regenerates what the README shows from that
-run: each ``<out>/results/NAME.md`` replaces the README block between ``<!-- results:NAME -->``
-and ``<!-- /results:NAME -->``, and the figures of :data:`PUBLISHED_FIGURES` are copied to
-``figures/``. Nothing in the README's results is typed by hand.
+``--publish`` (after a ``small``, ``gpu`` or ``full`` run) regenerates what the README shows from
+that run: each ``<out>/results/NAME.md`` replaces the README block between
+``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` (``results:gpu/NAME`` for a ``gpu``
+run, and so on: the scales' tables stand side by side), and a ``small`` run's figures of
+:data:`PUBLISHED_FIGURES` are copied to ``figures/``. Nothing in the README's results is typed
+by hand.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from .viz import shrink_png
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-SCALES = ("smoke", "small", "full")
+SCALES = ("smoke", "small", "gpu", "full")
 PUBLISHED_FIGURES = ("06_all_models", "06_qualitative", "06_explorer_affinity", "02_reconstruction_uncertainty",
                      "03_drift", "05_skeletons", "04_protocol_options")
 
@@ -129,16 +131,20 @@ def _record(manifest_path: Path, scale: str, versions: dict, name: str, entry: d
 def publish(run_dir: Path, readme: Path = REPO / "README.md", figures: Path = REPO / "figures") -> list[str]:
     """Copy a run's results tables into the README's marked blocks and its figures to figures/."""
     run_dir = Path(run_dir)
+    manifest = run_dir / "manifest.json"
+    scale = json.loads(manifest.read_text()).get("scale", "small") if manifest.is_file() else "small"
     text = readme.read_text()
     done = []
     for md in sorted((run_dir / "results").glob("*.md")):
-        name = md.stem
+        name = md.stem if scale == "small" else f"{scale}/{md.stem}"
         pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n).*?(<!-- /results:{re.escape(name)} -->)", re.S)
         if pattern.search(text):
             block = md.read_text().strip() + "\n"
             text = pattern.sub(lambda m: m.group(1) + block + m.group(2), text)
             done.append(name)
     readme.write_text(text)
+    if scale != "small":
+        return done
     figures.mkdir(exist_ok=True)
     for stale in figures.glob("*.png"):
         if stale.stem not in PUBLISHED_FIGURES:

@@ -12,6 +12,13 @@ Reproducibility: sample ``j`` of step ``s`` is dataset item ``perm_e[p mod N]`` 
 and its augmentation generator is seeded by (seed, s, j). Nothing depends on worker count,
 rank or wall clock, so a resumed run computes exactly the steps an uninterrupted run would.
 
+Speed: batches come from pinned memory with several batches prefetched per worker; a dataset
+may define ``collate`` and ``to_device`` to move uint8 crops and finish its augmentation on the
+device in batch (:class:`stt.data.TwoViews`). The forward pass runs under bf16 autocast where
+the device computes bf16 natively (``amp``; the losses themselves stay in fp32, see
+:mod:`stt.models`), with channels-last activations on CUDA; logged scalars are summed on the
+device, so the host never waits for the GPU between log steps.
+
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) each rank takes its slice of every global
 batch, the model is wrapped in ``DistributedDataParallel`` (``sync_bn`` converts BatchNorm to
 SyncBatchNorm), rank 0 alone logs and writes checkpoints.
@@ -32,6 +39,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
+
+from .data import move_to
 
 CHECKPOINT = "checkpoint.pth"
 LOG = "train_log.jsonl"
@@ -57,6 +66,8 @@ class TrainConfig:
     ckpt_every: int = 200
     num_workers: int = 0
     device: str = "auto"
+    amp: str = "auto"  # bf16 autocast: "auto" (where the device computes bf16 natively), "bf16" or "off"
+    channels_last: str = "auto"  # NHWC activations: "auto" (CUDA), "on" or "off"
     sync_bn: bool = False
     extra: dict = field(default_factory=dict)  # recipe settings recorded with the run
 
@@ -114,14 +125,28 @@ class StepBatches(Sampler):
         return max(0, self.cfg.steps - self.start)
 
 
-def _to(x, device):
-    if torch.is_tensor(x):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to(v, device) for v in x)
-    if isinstance(x, dict):
-        return {k: _to(v, device) for k, v in x.items()}
-    return x
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """``"auto"``: this process's GPU when CUDA is available, else the CPU."""
+    if device == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Does ``device`` compute bf16 natively (CUDA with bf16, a CPU with AVX-512 BF16 or AMX)?
+    Elsewhere bf16 is emulated and slower than fp32, so ``amp="auto"`` leaves it off."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def use_amp(cfg: "TrainConfig", device: torch.device) -> bool:
+    if cfg.amp not in ("auto", "bf16", "off"):
+        raise ValueError(f"amp must be auto, bf16 or off, got {cfg.amp!r}")
+    return cfg.amp == "bf16" or (cfg.amp == "auto" and bf16_native(device))
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -158,14 +183,16 @@ class Trainer:
         self.rank, self.world, local = distributed_env()
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if cfg.device == "auto":
-            self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-        else:
-            self.device = torch.device(cfg.device)
+        self.device = resolve_device(cfg.device, local)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
+        self.amp = use_amp(cfg, self.device)
+        self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and self.device.type == "cuda")
         torch.manual_seed(cfg.seed)
         self.module = model.to(self.device)
+        if self.channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
         if cfg.sync_bn and self.world > 1:
             self.module = nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
         self.net = self.module
@@ -180,7 +207,7 @@ class Trainer:
             self.opt = cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         else:
             raise ValueError(f"unknown optimizer {cfg.optimizer!r}: expected sgd, adam or adamw")
-        self.meta = meta or {}
+        self.meta = {**(meta or {}), "amp": "bf16" if self.amp else "off", "channels_last": self.channels_last}
         self.progress = progress and self.rank == 0
         self.collate_fn = collate_fn
         self.step, self.history = 0, []
@@ -197,7 +224,8 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         ck = load_checkpoint(path)
-        saved = {k: v for k, v in ck["config"].items() if k not in ("steps", "log_every", "ckpt_every", "num_workers", "device")}
+        machine = ("steps", "log_every", "ckpt_every", "num_workers", "device", "amp", "channels_last")
+        saved = {k: v for k, v in ck["config"].items() if k not in machine}
         mine = {k: v for k, v in self._config_dict().items() if k in saved}
         if saved != mine:
             diff = {k: (saved[k], mine.get(k)) for k in saved if saved[k] != mine.get(k)}
@@ -242,8 +270,11 @@ class Trainer:
         if self.step >= cfg.steps:
             return self.history
         sampler = StepBatches(len(self.dataset), cfg, self.step, self.rank, self.world)
+        workers = dict(persistent_workers=True, prefetch_factor=4) if cfg.num_workers > 0 else {}
         loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
-                            collate_fn=self.collate_fn, pin_memory=self.device.type == "cuda")
+                            collate_fn=self.collate_fn or getattr(self.dataset, "collate", None),
+                            pin_memory=self.device.type == "cuda", **workers)
+        to_device = getattr(self.dataset, "to_device", lambda b, d: move_to(b, d))
         self.net.train()
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, unit="step", desc=self.out.name)
         sums, n_acc, t0 = {}, 0, time.time()
@@ -258,16 +289,18 @@ class Trainer:
                 for g in self.opt.param_groups:
                     g["lr"] = lr
                 gen = torch.Generator().manual_seed(_mix(cfg.seed, self.step, 2))
-                out = self.net(_to(batch, self.device), gen=gen)
+                batch = to_device(batch, self.device)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    out = self.net(batch, gen=gen)
                 self.opt.zero_grad(set_to_none=True)
                 out["loss"].backward()
                 self.opt.step()
-                for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                for k, v in out.items():  # summed on the device: no host sync until a log step
+                    sums[k] = sums.get(k, 0.0) + v.detach().float()
                 n_acc += 1
                 self.step += 1
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    means = torch.tensor([sums[k] / n_acc for k in sorted(sums)], device=self.device)
+                    means = torch.stack([(sums[k] / n_acc).to(self.device) for k in sorted(sums)])
                     if self.world > 1:
                         dist.all_reduce(means)
                         means /= self.world

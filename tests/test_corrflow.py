@@ -150,3 +150,81 @@ def test_corrflow_checkpoint_evaluates_under_both_protocols(tiny_synthetic, tmp_
     assert settings["propagation"]["radius"] == 24  # 12 stride-8 cells = 24 stride-4 cells
     with pytest.raises(ValueError, match="CorrFlow checkpoint"):
         evaluate_davis(tiny_synthetic, "lab", tmp_path / "x", protocol="corrflow", progress=False)
+
+
+def test_kmeans_with_point_subsampling_is_deterministic_and_recovers_clusters():
+    centers = torch.tensor([[-40.0, 10.0], [0.0, 0.0], [30.0, -20.0], [20.0, 50.0]])
+    x = torch.cat([c + torch.randn(20_000, 2, generator=_g(i)) for i, c in enumerate(centers)])
+    x = x[torch.randperm(len(x), generator=_g(9))]
+    a = kmeans(x, 4, seed=3, max_points=2_000)
+    assert torch.equal(a, kmeans(x, 4, seed=3, max_points=2_000))  # same seed, same centroids
+    assert torch.equal(a, kmeans(x, 4, seed=3, max_points=2_000, device="cpu", progress=True))
+    for c in (a, kmeans(x, 4, seed=4, max_points=2_000)):
+        assert (torch.cdist(centers, c).min(1).values < 0.2).all()  # 500 points a cluster: mean within ~0.05
+    assert torch.equal(kmeans(x[:3000], 4, seed=3), kmeans(x[:3000], 4, seed=3, max_points=3000))  # no-op
+
+
+def _color_clusters_one_by_one(videos, k, n_frames, seed):
+    """The reference: every picked frame read on its own, every 4th pixel, all points clustered."""
+    index = videos.frame_index()
+    picks = torch.randperm(len(index), generator=_g(seed))[: min(n_frames, len(index))].tolist()
+    ab = []
+    for i in picks:
+        v, t = index[i]
+        frame = torch.from_numpy(videos.frames(v, [t])[0]).permute(2, 0, 1).float() / 255
+        ab.append(rgb_to_lab(frame[:, ::4, ::4])[1:].flatten(1).t())
+    return torch.cat(ab)
+
+
+@pytest.fixture(scope="module")
+def few_videos(tmp_path_factory):
+    from test_data import write_mp4
+
+    from stt.data import VideoFrames
+    from stt.synthetic import make_synthetic_videos, render_sequence
+
+    root = tmp_path_factory.mktemp("cf-videos")
+    make_synthetic_videos(root / "folders", n_videos=2, n_frames=12, size=(48, 64), seed=5)
+    write_mp4(root / "clip.mp4", render_sequence(21, 40, (40, 56))[0])
+    return VideoFrames(root, None, fps=7.5, short_side=None, progress=False)
+
+
+def test_color_clusters_reads_grouped_the_frames_read_one_by_one(few_videos, monkeypatch):
+    import stt.recipes
+
+    seen = []
+    real = stt.recipes.kmeans
+    monkeypatch.setattr(stt.recipes, "kmeans", lambda x, k, **kw: seen.append(x) or real(x, k, **kw))
+    ref = _color_clusters_one_by_one(few_videos, 4, 20, seed=2)
+    c = stt.recipes.color_clusters(few_videos, 4, 20, seed=2, device="cpu", progress=False, workers=2)
+    assert seen[0].shape == ref.shape and torch.allclose(seen[0], ref, atol=1e-4)  # same points, same order
+    assert torch.allclose(c, real(ref, 4, seed=2), atol=1e-3)
+    # Bounded: a uniform sample of max_points of those points, the same for the same seed.
+    c1 = stt.recipes.color_clusters(few_videos, 4, 20, seed=2, max_points=500, progress=False, workers=1)
+    c2 = stt.recipes.color_clusters(few_videos, 4, 20, seed=2, max_points=500, progress=False, workers=3)
+    assert torch.equal(c1, c2) and seen[1].shape == (500, 2) and torch.equal(seen[1], seen[2])
+    d = torch.cdist(seen[1], ref, compute_mode="donot_use_mm_for_euclid_dist")
+    assert (d.min(1).values < 1e-3).all()  # every kept point is one of the frames' points
+
+
+def test_stream_sample_is_uniform_without_replacement_and_keeps_order():
+    from stt.color import StreamSample
+
+    def run(seed, size, blocks=10, block=100):
+        s = StreamSample(size, seed)
+        for b in range(blocks):
+            order = torch.arange(b * block, (b + 1) * block)
+            keep = s.offer(order)
+            s.add(order[keep].double()[:, None])  # the rows are their own positions
+        return s.rows()[:, 0].long()
+
+    assert torch.equal(run(0, 5000), torch.arange(1000))  # room for all: every row, in order
+    hits = torch.zeros(1000)
+    for seed in range(400):
+        r = run(seed, 50)
+        assert len(r) == 50 and len(set(r.tolist())) == 50 and torch.equal(r, r.sort().values)
+        hits[r] += 1
+    assert torch.equal(run(3, 50), run(3, 50))
+    # Each row is kept with probability 50/1000: 20 of 400 runs, sd ~4.4; early and late blocks alike.
+    assert abs(hits.mean() - 20) < 1e-9 and hits.std() < 6
+    assert abs(hits[:100].mean() - hits[-100:].mean()) < 2

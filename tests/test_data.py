@@ -115,3 +115,87 @@ def test_synthetic_dataset_is_seeded_and_has_exact_masks(tmp_path):
     ds = DAVIS(root)
     f, m = ds.load(ds.names[0])
     assert f.shape == (4, 48, 64, 3) and m.max() >= 1
+
+
+def write_mp4(path, frames: np.ndarray, fps: int = 30, gop: int = 8):
+    """Encode T x H x W x 3 uint8 frames as H.264 (a keyframe every ``gop`` frames, so reads seek
+    across groups of pictures)."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.options = {"g": str(gop), "bf": "0"}
+        for f in frames:
+            for pkt in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_videos(tmp_path_factory):
+    """Two H.264 files (30 fps, 41 and 30 frames, two sizes) and one frame folder."""
+    from stt.synthetic import make_synthetic_videos, render_sequence
+
+    root = tmp_path_factory.mktemp("videos")
+    write_mp4(root / "a.mp4", render_sequence(11, 41, (48, 64))[0])
+    write_mp4(root / "b.mp4", render_sequence(12, 30, (96, 64))[0])
+    make_synthetic_videos(root / "folders", n_videos=1, n_frames=9, size=(48, 64), seed=2)
+    return root
+
+
+def _grouped(videos, v, ts, batch):
+    got, frames = [], []
+    for chunk, f in videos.iter_frames(v, ts, batch=batch):
+        got += chunk
+        frames.append(f)
+    assert got == list(ts)
+    return np.concatenate(frames)
+
+
+@pytest.mark.parametrize("cached,short_side", [(False, None), (True, None), (False, 32), (True, 32)])
+def test_iter_frames_equals_reading_frames_one_by_one(small_videos, tmp_path, cached, short_side):
+    from stt.data import VideoFrames
+
+    videos = VideoFrames(small_videos, tmp_path / "cache" if cached else None, fps=7.5, short_side=short_side,
+                         progress=False)
+    assert [n for n, _, _ in videos.videos] == ["a", "b", "synthetic-video-00"]
+    assert [videos.length(v) for v in range(3)] == [11, 8, 9]  # ceil(41 / 4), ceil(30 / 4); a folder as it is
+    for v in range(3):
+        ts = [t for t in range(videos.length(v)) if t % 3 != 1]  # gaps, and batches across keyframes
+        one_by_one = np.stack([videos.frames(v, [t])[0] for t in ts])
+        assert np.array_equal(_grouped(videos, v, ts, batch=3), one_by_one)
+        assert np.array_equal(videos.frames(v, ts), one_by_one)
+
+
+def test_iter_frames_on_real_videos(shared_root):
+    from stt.data import VideoFrames
+
+    if not (shared_root / "videos").is_dir():
+        pytest.skip("no real videos under the data root")
+    videos = VideoFrames(shared_root / "videos", None, fps=7.5, short_side=None, max_videos=2, progress=False)
+    for v in range(2):
+        ts = list(range(0, videos.length(v), 3))
+        one_by_one = np.stack([videos.frames(v, [t])[0] for t in ts])
+        assert np.array_equal(_grouped(videos, v, ts, batch=8), one_by_one)
+
+
+def test_uncached_counts_in_parallel_match_serial_and_skip_unreadable(small_videos, tmp_path):
+    import shutil
+
+    from stt.data import VideoFrames
+
+    root = tmp_path / "v"
+    shutil.copytree(small_videos, root)
+    (root / "broken.mp4").write_bytes(b"not a video")
+    with pytest.warns(UserWarning, match="broken.mp4"):
+        par = VideoFrames(root, None, fps=7.5, short_side=None, progress=False, workers=4)
+    with pytest.warns(UserWarning, match="broken.mp4"):
+        ser = VideoFrames(root, None, fps=7.5, short_side=None, progress=False, workers=1)
+    assert par.videos == ser.videos and [n for n, _, _ in par.videos] == ["a", "b", "synthetic-video-00"]
+    assert par.skipped == [str(root / "broken.mp4")]
+    with pytest.warns(UserWarning, match="broken.mp4"):
+        cached = VideoFrames(root, tmp_path / "cache", fps=7.5, short_side=None, progress=False)
+    assert [n for _, _, n in cached.videos] == [n for _, _, n in par.videos]  # decoded lengths = counted lengths

@@ -45,7 +45,7 @@ def test_parameters_cell_defaults_are_the_small_set(py):
                 f"{py.name}: default {name} = {declared[name]['default']} but small.yaml says {value!r}")
 
 
-@pytest.mark.parametrize("scale", ["smoke", "small", "full"])
+@pytest.mark.parametrize("scale", ["smoke", "small", "gpu", "full"])
 def test_parameter_files_name_declared_parameters(scale):
     params = yaml.safe_load((NB_DIR / "params" / f"{scale}.yaml").read_text())
     for py in SOURCES:
@@ -66,3 +66,19 @@ def test_manifest_keeps_other_notebooks_and_earlier_runs(tmp_path):
     assert m["notebooks"]["01_a"]["seconds"] == 3.0
     assert [h["seconds"] for h in m["notebooks"]["01_a"]["history"]] == [100.0]
     assert json.loads(path.read_text()) == m
+
+
+def test_publish_puts_each_scale_in_its_own_readme_block(tmp_path):
+    from stt.runner import publish
+
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- results:t -->\nold\n<!-- /results:t -->\nb\n<!-- results:gpu/t -->\nold\n<!-- /results:gpu/t -->\n")
+    for scale in ("small", "gpu"):
+        run = tmp_path / scale
+        (run / "results").mkdir(parents=True)
+        (run / "results" / "t.md").write_text(f"| {scale} |\n")
+        (run / "manifest.json").write_text(json.dumps({"scale": scale}))
+        publish(run, readme, tmp_path / "figures")
+    text = readme.read_text()
+    assert "<!-- results:t -->\n| small |\n<!-- /results:t -->" in text
+    assert "<!-- results:gpu/t -->\n| gpu |\n<!-- /results:gpu/t -->" in text

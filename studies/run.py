@@ -1,0 +1,132 @@
+"""Short training runs scored on DAVIS development sequences: the evidence behind the presets.
+
+Each study is a list of variants (a recipe, its settings, a number of steps); every variant is
+trained into ``runs/studies/<study>/<variant>/`` and evaluated by label propagation (the common
+protocol, STT defaults) on the first ``--sequences`` DAVIS sequences at short side 240. The
+results table (J&F per variant, mean over sequences with a 95 % bootstrap interval, and the
+difference to the study's reference variant paired by sequence) is written to
+``studies/results/<study>.md`` and ``.json``: committed, so the notebooks can cite them.
+
+    STT_DATA=../shared/data python studies/run.py queue [--sequences 8] [--only a,b]
+
+Everything resumes: a finished variant is only re-scored. DAVIS is only ever evaluated on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from stt.data import DAVIS, data_root  # noqa: E402
+from stt.evaluate import evaluate_davis  # noqa: E402
+from stt.recipes import train_spatial, train_temporal  # noqa: E402
+
+RUNS = REPO / "runs" / "studies"
+STEP1 = RUNS / "queue" / "{}" / "checkpoint.pth"
+
+# study -> (reference variant, {variant: (recipe, settings)}). Settings are recipe overrides;
+# "init"/"teacher" name a step-1 variant of the queue study.
+STUDIES = {
+    # Issue 13: the MoCo queue against the size of the data (2,657 frames of 51 videos at small).
+    # "-x": queue entries of the query's own video are not negatives (exclude_same_instance).
+    "queue": ("q4096", {
+        "q4096": ("spatial", dict(steps=300, queue_size=4096, max_queue_fraction=2.0, exclude_same_instance=False)),
+        "f0.25": ("spatial", dict(steps=300, max_queue_fraction=0.25, exclude_same_instance=False)),
+        "f0.25-x": ("spatial", dict(steps=300, max_queue_fraction=0.25)),
+        "q4096-x": ("spatial", dict(steps=300, queue_size=4096, max_queue_fraction=2.0)),
+        "f0.1-x": ("spatial", dict(steps=300, max_queue_fraction=0.1)),
+    }),
+}
+
+
+def bootstrap_ci(x: np.ndarray, n: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the mean of ``x`` (resampling sequences)."""
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), (n, len(x)))].mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def per_sequence_jf(folder: Path) -> dict[str, float]:
+    """J&F of each sequence (mean over its objects) from an evaluation folder's CSV."""
+    import csv
+
+    rows = list(csv.DictReader(open(folder / "per-sequence_results-val.csv")))
+    by_seq: dict[str, list[float]] = {}
+    for r in rows:
+        seq = r["Sequence"].rsplit("_", 1)[0]
+        by_seq.setdefault(seq, []).append((float(r["J-Mean"]) + float(r["F-Mean"])) / 2)
+    return {s: float(np.mean(v)) for s, v in by_seq.items()}
+
+
+def run_variant(study: str, name: str, recipe: str, settings: dict, sequences: list[str], davis) -> dict:
+    out = RUNS / study / name
+    t0 = time.time()
+    kw = dict(settings)
+    if recipe == "spatial":
+        ckpt = train_spatial(None, out, "small", progress=False, **kw)
+    else:
+        init, teacher = kw.pop("init", None), kw.pop("teacher", None)
+        ckpt = train_temporal(None, out, "small", init=STEP1.format(init) if init else None,
+                              teacher=STEP1.format(teacher) if teacher else None, progress=False, **kw)
+    train_s = time.time() - t0
+    evaluate_davis(davis, str(ckpt), out / "eval", short_side=240, sequences=sequences, progress=False)
+    import torch
+
+    hist = torch.load(ckpt, map_location="cpu", weights_only=True)["history"]
+    return {"settings": {k: str(v) for k, v in settings.items()}, "recipe": recipe, "train_seconds": round(train_s),
+            "final_loss": hist[-1]["loss"], "jf": per_sequence_jf(out / "eval")}
+
+
+def table(study: str, ref: str, results: dict) -> str:
+    lines = [f"Study `{study}`: J&F (%) on {len(next(iter(results.values()))['jf'])} DAVIS-2016 sequences at short side "
+             "240, mean and 95 % bootstrap interval over sequences; the difference to "
+             f"`{ref}` is paired by sequence. Made by `python studies/run.py {study}`.", "",
+             "| variant | settings | final loss | J&F | 95 % CI | vs " + ref + " | 95 % CI |", "|---|---|---|---|---|---|---|"]
+    base = results[ref]["jf"]
+    for name, r in results.items():
+        seqs = sorted(r["jf"])
+        x = 100 * np.array([r["jf"][s] for s in seqs])
+        d = x - 100 * np.array([base[s] for s in seqs])
+        lo, hi = bootstrap_ci(x)
+        dlo, dhi = bootstrap_ci(d)
+        settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
+        diff = "" if name == ref else f"{d.mean():+.1f} | [{dlo:+.1f}, {dhi:+.1f}]"
+        lines.append(f"| {name} | {settings} | {r['final_loss']:.3f} | {x.mean():.1f} | [{lo:.1f}, {hi:.1f}] | "
+                     + (diff or " | "))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("study", choices=sorted(STUDIES))
+    ap.add_argument("--sequences", type=int, default=8, help="first N DAVIS sequences [8]")
+    ap.add_argument("--only", default=None, help="comma-separated variants")
+    a = ap.parse_args(argv)
+    ref, variants = STUDIES[a.study]
+    ds = DAVIS(data_root() / "DAVIS2016" if (data_root() / "DAVIS2016").is_dir() else None)
+    sequences = ds.names[: a.sequences]
+    out_dir = REPO / "studies" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{a.study}.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    for name, (recipe, settings) in variants.items():
+        if a.only and name not in a.only.split(","):
+            continue
+        print(f"[{a.study}] {name}: {recipe} {settings}", flush=True)
+        results[name] = run_variant(a.study, name, recipe, settings, sequences, ds.root)
+        path.write_text(json.dumps(results, indent=2))
+        print(f"[{a.study}] {name}: J&F {100 * np.mean(list(results[name]['jf'].values())):.1f}", flush=True)
+    if ref in results:
+        (out_dir / f"{a.study}.md").write_text(table(a.study, ref, {k: results[k] for k in variants if k in results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
