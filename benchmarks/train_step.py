@@ -1,9 +1,11 @@
 """Training-step throughput and peak memory of the three models, side by side in one run.
 
 Each model runs in a fresh process: one warm-up step, then ``--steps`` timed steps (forward,
-backward, optimiser) on random inputs of the recipe's shape. CPU always; CUDA too when present.
-Shapes: the ``small`` recipes on CPU (what a laptop run trains), the papers' per-GPU shapes on
-CUDA.
+backward, optimiser) on random inputs of the recipe's shape, in fp32 and under bf16 autocast
+(with channels-last activations on CUDA), as :class:`stt.train.Trainer` runs them. CPU always;
+CUDA too when present. Shapes: the ``small`` recipes on CPU (what a laptop run trains), the
+papers' per-GPU shapes on CUDA. (The loaders are not in these numbers: benchmarks/training.py
+runs the recipes end to end.)
 
     python benchmarks/train_step.py [--steps 3] [--devices cpu,cuda] [--json out.json]
 """
@@ -52,12 +54,16 @@ def build(name: str, batch: int, size: int, device: str):
     return model, data, opt
 
 
-def worker(name: str, device: str, steps: int, q) -> None:
+def worker(name: str, device: str, precision: str, steps: int, q) -> None:
     batch, size = SHAPES[name][device]
     model, data, opt = build(name, batch, size, device)
+    amp = precision == "bf16"
+    if amp and device == "cuda":
+        model = model.to(memory_format=torch.channels_last)
 
     def step(i):
-        out = model(data, gen=torch.Generator().manual_seed(i))
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+            out = model(data, gen=torch.Generator().manual_seed(i))
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
@@ -72,7 +78,7 @@ def worker(name: str, device: str, steps: int, q) -> None:
         for i in range(steps):
             step(i + 1)
         dt = (time.perf_counter() - t0) / steps
-    res = {"batch": batch, "size": size, "seconds_per_step": dt, "samples_per_s": batch / dt,
+    res = {"precision": precision, "batch": batch, "size": size, "seconds_per_step": dt, "samples_per_s": batch / dt,
            "peak_rss_mb": mem.peak, "threads": torch.get_num_threads()}
     if device == "cuda":
         res["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -89,11 +95,14 @@ def main(argv=None) -> dict:
     results = {}
     for device in a.devices.split(","):
         for name in SHAPES:
-            r = in_fresh_process(worker, name, device, a.steps)
-            results[f"{name} @ {device}"] = r
-            mem = f"{r['peak_cuda_mb']:.0f} MB GPU" if device == "cuda" else f"{r['peak_rss_mb']:.0f} MB resident"
-            print(f"{name:>38} @ {device}: batch {r['batch']} x {r['size']}px  {r['seconds_per_step']:.2f} s/step  "
-                  f"{r['samples_per_s']:.1f} samples/s  peak {mem}", flush=True)
+            row = {}
+            for precision in ("fp32", "bf16"):
+                r = row[precision] = in_fresh_process(worker, name, device, precision, a.steps)
+                mem = f"{r['peak_cuda_mb']:.0f} MB GPU" if device == "cuda" else f"{r['peak_rss_mb']:.0f} MB resident"
+                print(f"{name:>38} @ {device} {precision}: batch {r['batch']} x {r['size']}px  "
+                      f"{r['seconds_per_step']:.2f} s/step  {r['samples_per_s']:.1f} samples/s  peak {mem}", flush=True)
+            row["speedup"] = row["bf16"]["samples_per_s"] / row["fp32"]["samples_per_s"]
+            results[f"{name} @ {device}"] = row
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
     return results

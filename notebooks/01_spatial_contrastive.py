@@ -59,7 +59,7 @@ from stt.viz import save_figure
 torch.manual_seed(0)
 
 # %% tags=["parameters"]
-scale = "small"  # smoke | small | full
+scale = "small"  # smoke | small | gpu | full
 run_dir = "../runs/small"  # artefacts, figures and results of this run
 data_root = ""  # DAVIS for evaluation; empty: $STT_DATA, else the synthetic stand-in
 video_root = ""  # training videos or images, absolute or under $STT_DATA; empty: $STT_DATA/videos

@@ -1,10 +1,14 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -63,11 +67,11 @@ from stt.viz import save_figure
 torch.manual_seed(0)
 
 # %% tags=["parameters"]
-scale = "small"  # smoke | small | full
+scale = "small"  # smoke | small | gpu | full
 run_dir = "../runs/small"  # artefacts, figures and results of this run
 data_root = ""  # DAVIS for evaluation; empty: $STT_DATA, else the synthetic stand-in
 video_root = ""  # training videos or frame folders, absolute or under $STT_DATA; empty: $STT_DATA/videos
-config = "small"  # preset of stt.recipes.TEMPORAL (and of SPATIAL if step 1 must be trained here)
+config = "small"  # preset of stt.recipes.TEMPORAL (and SPATIAL if step 1 is trained here): smoke | small | gpu | full
 steps = 0  # override the preset's number of steps; 0: keep it
 ablations = ""  # extra ablations to train, comma-separated: no_pyramid, no_lcd, no_gcd, T0.3, T0.5, Tnone
 eval_short_side = 240  # DAVIS evaluation resolution (short side)

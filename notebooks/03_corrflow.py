@@ -1,10 +1,14 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -54,11 +58,11 @@ from stt.viz import save_figure
 torch.manual_seed(0)
 
 # %% tags=["parameters"]
-scale = "small"  # smoke | small | full
+scale = "small"  # smoke | small | gpu | full
 run_dir = "../runs/small"  # artefacts, figures and results of this run
 data_root = ""  # DAVIS for evaluation; empty: $STT_DATA, else the synthetic stand-in
 video_root = ""  # training videos, absolute or under $STT_DATA; empty: $STT_DATA/videos
-config = "small"  # preset of stt.recipes.CORRFLOW
+config = "small"  # preset of stt.recipes.CORRFLOW: smoke | small | gpu | full
 steps = 0  # override the preset's number of steps; 0: keep it
 ablation_steps = 150  # steps of each short with/without run (bottleneck; scheduled sampling + cycles)
 ablation_image_size = 64  # crop size of the short runs (smaller than the main run's, to keep them short)

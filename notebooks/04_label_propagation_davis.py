@@ -1,10 +1,14 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -59,7 +63,7 @@ from stt.viz import overlay, save_figure
 torch.manual_seed(0)
 
 # %% tags=["parameters"]
-scale = "small"  # smoke | small | full: which notebooks/params/<scale>.yaml the runner used
+scale = "small"  # smoke | small | gpu | full: which notebooks/params/<scale>.yaml the runner used
 run_dir = "../runs/small"  # artefacts, figures and results of this run
 data_root = ""  # a DAVIS folder or data root; empty: $STT_DATA, else the synthetic stand-in
 short_side = 240  # frames are resized to this short side (DAVIS native: 480)

@@ -1,10 +1,14 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -35,12 +39,13 @@ import numpy as np
 from PIL import Image
 
 from stt.data import DAVIS
-from stt.evaluate import davis_or_synthetic
+from stt.evaluate import davis_or_synthetic, per_sequence_jf
 from stt.explorer import CorrespondenceExplorer
+from stt.metrics import bootstrap_ci
 from stt.viz import overlay, save_figure
 
 # %% tags=["parameters"]
-scale = "small"  # smoke | small | full
+scale = "small"  # smoke | small | gpu | full
 run_dir = "../runs/small"  # the run folder the other notebooks wrote
 data_root = ""  # DAVIS folder or data root; empty: $STT_DATA, else the synthetic stand-in
 interactive = True  # widgets in JupyterLab; papermill runs set False and get static figures
@@ -94,15 +99,24 @@ data_desc = (f"{'synthetic stand-in' if ref['dataset']['synthetic'] else 'DAVIS-
              f"{len(ref['dataset']['sequences'])} sequences, short side {ref['short_side']}")
 jhmdb = json.loads((run_dir / "results" / "05_jhmdb.json").read_text()) if (run_dir / "results" / "05_jhmdb.json").is_file() else {}
 jh_key = {"random-r18": "random-r18", "temporal-full": "STT step 2 (full)", "step1": "STT step 1"}
+jh_name = "synthetic JHMDB stand-in " if jhmdb.get("synthetic") else "JHMDB "
+# J&F of every sequence, per model: the 95 % intervals below resample sequences (stt.metrics.bootstrap_ci)
+per_seq = {k: per_sequence_jf(run_dir / "eval" / "davis" / k) for k in same}
 
-lines = ["| model | J&F | J | F | JHMDB PCK@0.1 | PCK@0.2 | measured on |", "|---|---|---|---|---|---|---|"]
+
+def ci(key):
+    lo, hi = bootstrap_ci([100 * v for v in per_seq[key].values()])
+    return f"[{lo:.1f}, {hi:.1f}]"
+
+
+lines = [f"| model | J&F | 95 % CI | J | F | {jh_name}PCK@0.1 | PCK@0.2 | measured on |", "|---|---|---|---|---|---|---|---|"]
 for key, (_, r) in same.items():
     j = jhmdb.get(jh_key.get(key, ""), {})
     pck = (f"{100 * j['PCK@0.1']:.1f} | {100 * j['PCK@0.2']:.1f}" if j else " | ")
-    lines.append(f"| {LABELS.get(key, key)} | {100 * r['J&F-Mean']:.1f} | {100 * r['J-Mean']:.1f} | "
+    lines.append(f"| {LABELS.get(key, key)} | {100 * r['J&F-Mean']:.1f} | {ci(key)} | {100 * r['J-Mean']:.1f} | "
                  f"{100 * r['F-Mean']:.1f} | {pck} | {data_desc} |")
 for name, (jf, p1, p2) in PAPER.items():
-    lines.append(f"| {name} (paper) | {jf} | | | {p1 or ''} | {p2 or ''} | DAVIS-2017 val 480p; JHMDB split 1 |")
+    lines.append(f"| {name} (paper) | {jf} | | | | {p1 or ''} | {p2 or ''} | DAVIS-2017 val 480p; JHMDB split 1 |")
 table = "\n".join(lines)
 (run_dir / "results").mkdir(parents=True, exist_ok=True)
 (run_dir / "results" / "06_summary.md").write_text(table + "\n")
@@ -216,6 +230,11 @@ else:
 # * **what carries over**: the code paths, losses and protocol are the papers'; the `full`
 #   parameter set runs them at the papers' scale on a GPU.
 
+# %% [markdown]
+# A difference between two models counts as **clear** when its 95 % interval, from the
+# per-sequence differences (paired: both models on the same sequences), excludes zero; a
+# difference inside the interval is what another draw of sequences could undo.
+
 # %%
 def jf_of(key):
     return 100 * same[key][1]["J&F-Mean"] if key in same else None
@@ -225,15 +244,23 @@ claims = [
     ("STT step 1 beats a random network", "step1", "random-r18"),
     ("full STT beats temporal-only (paper: 70.7 vs 69.2)", "temporal-full", "temporal-only"),
     ("full STT beats step 1 alone", "temporal-full", "step1"),
+    ("temporal-only beats a random network", "temporal-only", "random-r18"),
     ("STT beats CorrFlow on the common protocol (paper: 70.7 vs 49.5)", "temporal-full", "corrflow-common"),
+    ("full STT beats raw Lab pixels", "temporal-full", "lab"),
     ("every learned model beats copying frame 0", "temporal-only", "identity"),
 ]
 verdicts = []
 for text, a, b in claims:
     if jf_of(a) is None or jf_of(b) is None:
         verdicts.append(f"- {text}: not measured in this run")
-    else:
-        verdicts.append(f"- {text}: {'yes' if jf_of(a) > jf_of(b) else 'no'} ({jf_of(a):.1f} vs {jf_of(b):.1f} J&F)")
+        continue
+    seqs = sorted(per_seq[a])
+    d = [100 * (per_seq[a][s] - per_seq[b][s]) for s in seqs]
+    lo, hi = bootstrap_ci(d)
+    verdict = "yes" if jf_of(a) > jf_of(b) else "no"
+    clear = "clear" if lo > 0 or hi < 0 else "within the sequence-to-sequence noise"
+    verdicts.append(f"- {text}: {verdict} ({jf_of(a):.1f} vs {jf_of(b):.1f} J&F; difference {np.mean(d):+.1f}, "
+                    f"95 % CI [{lo:+.1f}, {hi:+.1f}] over {len(seqs)} sequences: {clear})")
 print("\n".join(verdicts))
 (run_dir / "results" / "06_claims.md").write_text("\n".join(verdicts) + "\n")
 

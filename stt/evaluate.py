@@ -322,6 +322,21 @@ def evaluate_davis(
     return global_res
 
 
+def per_sequence_jf(folder: str | Path) -> dict[str, float]:
+    """J&F of each sequence (the mean over its objects of (J + F) / 2) from an evaluation folder's
+    ``per-sequence_results-val.csv``: the unit over which confidence intervals are drawn."""
+    import csv
+
+    path = Path(folder) / "per-sequence_results-val.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"no per-sequence results in {folder} (expected {path.name})")
+    by_seq: dict[str, list[float]] = {}
+    with open(path) as f:
+        for r in csv.DictReader(f):
+            by_seq.setdefault(r["Sequence"].rsplit("_", 1)[0], []).append((float(r["J-Mean"]) + float(r["F-Mean"])) / 2)
+    return {s: float(np.mean(v)) for s, v in by_seq.items()}
+
+
 # ---------------------------------------------------------------------------- JHMDB and VIP
 
 

@@ -178,6 +178,16 @@ def write_davis_csvs(out_dir: str | Path, global_res: dict, rows: list, subset: 
     return g_path, s_path
 
 
+def bootstrap_ci(values, n: int = 10000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (e.g. per-sequence J&F, or paired
+    per-sequence differences between two models): how far the mean could move with another draw
+    of sequences of the same kind. Seeded, so a results table is reproducible."""
+    x = np.asarray(values, dtype=np.float64)
+    means = x[np.random.default_rng(seed).integers(0, len(x), (n, len(x)))].mean(1)
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
 # ---------------------------------------------------------------------------- JHMDB: PCK
 
 

@@ -25,14 +25,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from stt.data import DAVIS, data_root  # noqa: E402
-from stt.evaluate import evaluate_davis  # noqa: E402
+from stt.evaluate import evaluate_davis, per_sequence_jf  # noqa: E402
+from stt.metrics import bootstrap_ci  # noqa: E402
 from stt.recipes import train_spatial, train_temporal  # noqa: E402
 
 RUNS = REPO / "runs" / "studies"
 STEP1 = RUNS / "queue" / "{}" / "checkpoint.pth"
 
 # study -> (reference variant, {variant: (recipe, settings)}). Settings are recipe overrides;
-# "init"/"teacher" name a step-1 variant of the queue study.
+# "init"/"teacher" name a step-1 variant of the queue study. Recipe "baseline": a model without
+# training (``stt evaluate davis --model ...``), evaluated once for all studies.
+BASELINES = {"lab": ("baseline", dict(model="lab")), "random-r18": ("baseline", dict(model="random-r18"))}
 STUDIES = {
     # Issue 13: the MoCo queue against the size of the data (2,657 frames of 51 videos at small).
     # "-x": queue entries of the query's own video are not negatives (exclude_same_instance).
@@ -42,33 +45,37 @@ STUDIES = {
         "f0.25-x": ("spatial", dict(steps=300, max_queue_fraction=0.25)),
         "q4096-x": ("spatial", dict(steps=300, queue_size=4096, max_queue_fraction=2.0)),
         "f0.1-x": ("spatial", dict(steps=300, max_queue_fraction=0.1)),
+        **BASELINES,
+    }),
+    # Issue 12: what makes the small step 1 learn more per minute (queue from the data, own video excluded).
+    "spatial": ("base", {
+        "base": ("spatial", dict(steps=300)),
+        "lr0.03": ("spatial", dict(steps=300, lr=0.03)),
+        "t0.1": ("spatial", dict(steps=300, temperature=0.1)),
+        "lr0.03-t0.1": ("spatial", dict(steps=300, lr=0.03, temperature=0.1)),
+        **BASELINES,
+    }),
+    # Issue 12: what makes the small step 2 learn more per minute (full STT from the f0.25-x step 1).
+    "temporal": ("base", {
+        "base": ("temporal", dict(steps=300, init="f0.25-x", teacher="f0.25-x")),
+        "lr4e-4": ("temporal", dict(steps=300, lr=4e-4, init="f0.25-x", teacher="f0.25-x")),
+        "gap2": ("temporal", dict(steps=300, gap=2, init="f0.25-x", teacher="f0.25-x")),
+        "only": ("temporal", dict(steps=300, gcd=False)),
+        "only-lr4e-4": ("temporal", dict(steps=300, gcd=False, lr=4e-4)),
+        **BASELINES,
     }),
 }
-
-
-def bootstrap_ci(x: np.ndarray, n: int = 10000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile bootstrap interval of the mean of ``x`` (resampling sequences)."""
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), (n, len(x)))].mean(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def per_sequence_jf(folder: Path) -> dict[str, float]:
-    """J&F of each sequence (mean over its objects) from an evaluation folder's CSV."""
-    import csv
-
-    rows = list(csv.DictReader(open(folder / "per-sequence_results-val.csv")))
-    by_seq: dict[str, list[float]] = {}
-    for r in rows:
-        seq = r["Sequence"].rsplit("_", 1)[0]
-        by_seq.setdefault(seq, []).append((float(r["J-Mean"]) + float(r["F-Mean"])) / 2)
-    return {s: float(np.mean(v)) for s, v in by_seq.items()}
 
 
 def run_variant(study: str, name: str, recipe: str, settings: dict, sequences: list[str], davis) -> dict:
     out = RUNS / study / name
     t0 = time.time()
     kw = dict(settings)
+    if recipe == "baseline":
+        out = RUNS / "baselines" / kw["model"]
+        evaluate_davis(davis, kw["model"], out / "eval", short_side=240, sequences=sequences, progress=False)
+        return {"settings": kw, "recipe": recipe, "train_seconds": 0, "final_loss": None,
+                "jf": per_sequence_jf(out / "eval")}
     if recipe == "spatial":
         ckpt = train_spatial(None, out, "small", progress=False, **kw)
     else:
@@ -98,7 +105,8 @@ def table(study: str, ref: str, results: dict) -> str:
         dlo, dhi = bootstrap_ci(d)
         settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
         diff = "" if name == ref else f"{d.mean():+.1f} | [{dlo:+.1f}, {dhi:+.1f}]"
-        lines.append(f"| {name} | {settings} | {r['final_loss']:.3f} | {x.mean():.1f} | [{lo:.1f}, {hi:.1f}] | "
+        loss = "" if r["final_loss"] is None else f"{r['final_loss']:.3f}"
+        lines.append(f"| {name} | {settings} | {loss} | {x.mean():.1f} | [{lo:.1f}, {hi:.1f}] | "
                      + (diff or " | "))
     return "\n".join(lines) + "\n"
 

@@ -193,3 +193,26 @@ def test_global_average_is_over_objects_not_sequences(tmp_path):
     assert values[1] == f"{(1 + 0 + 0.4) / 3:.3f}"
     with open(sp) as f:
         assert list(csv.reader(f))[0] == ["Sequence", "J-Mean", "F-Mean"]
+
+
+def test_bootstrap_interval_of_the_mean():
+    from stt.metrics import bootstrap_ci
+
+    assert bootstrap_ci([3.0] * 8) == (3.0, 3.0)
+    x = np.random.default_rng(1).normal(10.0, 2.0, 400)
+    lo, hi = bootstrap_ci(x)
+    half = 1.96 * x.std() / np.sqrt(len(x))  # the normal approximation
+    assert lo < x.mean() < hi
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.1)
+    assert bootstrap_ci(x) == (lo, hi)  # seeded
+
+
+def test_per_sequence_jf_averages_objects(tmp_path):
+    from stt.evaluate import per_sequence_jf
+
+    (tmp_path / "per-sequence_results-val.csv").write_text(
+        "Sequence,J-Mean,F-Mean\nbike-packing_1,0.5,0.7\nbike-packing_2,0.1,0.3\ncows_1,0.9,0.8\n")
+    r = per_sequence_jf(tmp_path)
+    assert r == pytest.approx({"bike-packing": 0.4, "cows": 0.85})
+    with pytest.raises(FileNotFoundError, match="per-sequence"):
+        per_sequence_jf(tmp_path / "none")
