@@ -87,7 +87,7 @@ def iter_features(model, frames: np.ndarray, short_side: int | None, stride: int
     to ``short_side`` (DAVIS), or to ``square`` x ``square`` (JHMDB, VIP)."""
     batch = batch or (4 if torch.device(device).type == "cpu" else 32)
     for s in range(0, len(frames), batch):
-        x = to_tensor(frames[s : s + batch]).to(device)
+        x = to_tensor(frames[s : s + batch], device)
         if square:
             x = torch.nn.functional.interpolate(x, size=(square, square), mode="bilinear", align_corners=False,
                                                 antialias=True).clamp_(0, 1)
