@@ -46,6 +46,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
+from IPython.display import Markdown, display
 
 from stt.data import DAVIS, StillImages, TwoViews, cache_dir, data_path, resize_short_side, to_tensor
 from stt.encoder import build_feature_model
@@ -53,6 +54,7 @@ from stt.evaluate import davis_or_synthetic, evaluate_davis
 from stt.losses import info_nce
 from stt.propagation import normalize_features
 from stt.recipes import SPATIAL, SPATIAL_COMMON, default_video_data, moco_queue_size, train_spatial
+from stt.runner import study_table
 from stt.train import load_checkpoint
 from stt.viz import save_figure
 
@@ -183,15 +185,7 @@ for label, K in [("the earlier small preset", 4096), ("sized from the data", K_a
 # (`-x`: keys of the query's own video left out):
 
 # %%
-from stt.runner import REPO
-
-study = REPO / "studies" / "results" / "queue.md"
-if study.is_file():
-    from IPython.display import Markdown, display
-
-    display(Markdown(study.read_text()))
-else:
-    print(f"{study} not found: run `python studies/run.py queue` from the project's root")
+display(Markdown(study_table("queue")))
 
 # %% [markdown]
 # ## 5 · Training

@@ -43,6 +43,15 @@ PUBLISHED_FIGURES = ("06_all_models", "06_qualitative", "06_explorer_affinity", 
                      "03_drift", "05_skeletons", "04_protocol_options")
 
 
+def study_table(name: str) -> str:
+    """The markdown table of ``studies/results/<name>.md`` (made by ``python studies/run.py
+    <name>``), or a line saying how to make it: the notebooks cite the evidence for their presets."""
+    path = REPO / "studies" / "results" / f"{name}.md"
+    if path.is_file():
+        return path.read_text()
+    return f"*{path.relative_to(REPO)} not found: run `python studies/run.py {name}` from the project's root.*"
+
+
 def notebook_paths(only=None) -> list[Path]:
     paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     if only:

@@ -53,6 +53,7 @@ STUDIES = {
         "lr0.03": ("spatial", dict(steps=300, lr=0.03)),
         "t0.1": ("spatial", dict(steps=300, temperature=0.1)),
         "lr0.03-t0.1": ("spatial", dict(steps=300, lr=0.03, temperature=0.1)),
+        "steps900": ("spatial", dict(steps=900)),  # issue 13: more steps must not make it worse
         **BASELINES,
     }),
     # Issue 12: what makes the small step 2 learn more per minute (full STT from the f0.25-x step 1).

@@ -187,3 +187,21 @@ def test_training_falls_back_to_synthetic_videos(tmp_path, monkeypatch, capsys):
     assert "synthetic" in capsys.readouterr().out and len(list(videos.glob("*/*.jpg"))) == 8 * 30
     ck = train_spatial(None, tmp_path / "out", "smoke", progress=False, steps=1)
     assert torch.load(ck, weights_only=True)["step"] == 1
+
+
+@pytest.mark.slow
+def test_gpu_presets_run_a_few_steps_on_cpu(tmp_path, monkeypatch):
+    """The `gpu` presets (sized for one GPU) start and train on a CPU: 2 steps each, with batch,
+    crop and workers shrunk so the test stays short; everything else is the preset's."""
+    from stt import recipes
+    from stt.synthetic import make_synthetic_videos
+
+    monkeypatch.setenv("STT_CACHE", str(tmp_path / "cache"))
+    videos = make_synthetic_videos(tmp_path / "videos", n_videos=2, n_frames=8, size=(64, 80))
+    small = dict(steps=2, image_size=32, num_workers=0, device="cpu", log_every=1)
+    ck = recipes.train_spatial(videos, tmp_path / "s", "gpu", progress=False, batch_size=16, **{**small, "image_size": 64})
+    assert load_checkpoint(ck)["step"] == 2 and load_checkpoint(ck)["config"]["lr"] == pytest.approx(0.03 * 16 / 256)
+    ck = recipes.train_temporal(videos, tmp_path / "t", "gpu", init=ck, teacher=ck, progress=False, batch_size=2, **small)
+    assert load_checkpoint(ck)["meta"]["config"] == "gpu"
+    ck = recipes.train_corrflow(videos, tmp_path / "c", "gpu", progress=False, batch_size=2, kmeans_frames=4, **small)
+    assert len(load_checkpoint(ck)["history"]) == 2
