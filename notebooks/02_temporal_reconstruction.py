@@ -46,6 +46,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from IPython.display import Markdown, display
 
 from stt.affinity import dense_local_correlation_reference, local_correlation
 from stt.color import denormalize_lab, lab_to_rgb, rgb_to_normalized_lab
@@ -61,6 +62,7 @@ from stt.recipes import (
     train_temporal,
     trunk_from_checkpoint,
 )
+from stt.runner import study_table
 from stt.train import load_checkpoint
 from stt.viz import save_figure
 
@@ -191,6 +193,13 @@ for B, hw, D in [(16, 64 * 64, 25 * 25), (16, 32 * 32, 13 * 13)]:
 # torchrun --nproc_per_node=8 -m stt.cli train temporal --config full --data $STT_DATA/YouTube-VOS/train/JPEGImages \
 #     --init step1.pth --teacher step1.pth --out runs/full/temporal-full
 # ```
+#
+# The `small` preset's learning rate and frame gap come from short runs scored on 8 development
+# sequences (`python studies/run.py temporal`; full STT from a 300-step step 1, and
+# temporal-only, each at two learning rates):
+
+# %%
+display(Markdown(study_table("temporal")))
 
 # %%
 runs = {  # label: (output folder, settings)

@@ -105,10 +105,9 @@ def table(study: str, ref: str, results: dict) -> str:
         lo, hi = bootstrap_ci(x)
         dlo, dhi = bootstrap_ci(d)
         settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
-        diff = "" if name == ref else f"{d.mean():+.1f} | [{dlo:+.1f}, {dhi:+.1f}]"
+        diff = " | " if name == ref else f"{d.mean():+.1f} | [{dlo:+.1f}, {dhi:+.1f}]"
         loss = "" if r["final_loss"] is None else f"{r['final_loss']:.3f}"
-        lines.append(f"| {name} | {settings} | {loss} | {x.mean():.1f} | [{lo:.1f}, {hi:.1f}] | "
-                     + (diff or " | "))
+        lines.append(f"| {name} | {settings} | {loss} | {x.mean():.1f} | [{lo:.1f}, {hi:.1f}] | {diff} |")
     return "\n".join(lines) + "\n"
 
 
