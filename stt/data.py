@@ -511,16 +511,33 @@ class FrameClips(torch.utils.data.Dataset):
     flip shared by the whole clip (:func:`stt.augment.clip_crop`): STT step 2 pairs
     (``n_frames=2, gap=1``, area 0.6-1.0, aspect 1.5-2.0, 256 x 256) and CorrFlow clips.
     Items are ``n_frames x 3 x size x size`` RGB in [0, 1]; with ``on_device`` the crop is cut
-    in the worker and resized on the training device, as :class:`TwoViews`."""
+    in the worker and resized on the training device, as :class:`TwoViews`.
+
+    ``drop_static`` (*ours*, default 0): leave out this fraction of the clips, those whose first
+    and last frames differ least (:meth:`motion`): a pair of identical frames teaches
+    reconstruction nothing about correspondence."""
 
     def __init__(self, videos: VideoFrames, n_frames: int = 2, gap: int = 1, size: int = 256,
-                 scale=(0.6, 1.0), ratio=(1.5, 2.0), on_device: bool = False):
+                 scale=(0.6, 1.0), ratio=(1.5, 2.0), on_device: bool = False, drop_static: float = 0.0):
         self.videos, self.n, self.gap, self.size, self.scale, self.ratio = videos, n_frames, gap, size, scale, ratio
         self.on_device = on_device
         span = (n_frames - 1) * gap
         self.index = [(v, t) for v, t in videos.frame_index() if t + span < videos.length(v)]
         if not self.index:
             raise ValueError(f"no video has the {span + 1} frames a clip needs")
+        if drop_static > 0:
+            keep = np.argsort(-self.motion(), kind="stable")[: max(1, round(len(self.index) * (1 - drop_static)))]
+            self.index = [self.index[i] for i in sorted(keep)]
+
+    def motion(self) -> np.ndarray:
+        """Per clip of :attr:`index`: the mean absolute grey-level difference (0-255) between its
+        first and last frames, on frames subsampled 8x (one read of every video)."""
+        span = (self.n - 1) * self.gap
+        grey = {}
+        for v in sorted({v for v, _ in self.index}):
+            ts = range(self.videos.length(v))
+            grey[v] = np.concatenate([f[:, ::8, ::8].mean(-1) for _, f in self.videos.iter_frames(v, ts)])
+        return np.array([np.abs(grey[v][t + span] - grey[v][t]).mean() for v, t in self.index])
 
     def __len__(self) -> int:
         return len(self.index)

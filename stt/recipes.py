@@ -149,7 +149,8 @@ TEMPORAL = {
                  log_every=50, ckpt_every=1000, num_workers=8, sync_bn=True, short_side=None),
 }
 TEMPORAL_COMMON = dict(arch="resnet18", optimizer="adam", lr=1e-4, weight_decay=0.0, min_lr_ratio=0.001,
-                       fps=6.0, short_side=256, cache="auto", augment="auto", gap=1, pyramid=True, lcd=True, gcd=True, lcd_keep=0.7,
+                       fps=6.0, short_side=256, cache="auto", augment="auto", gap=1, drop_static=0.0,
+                       pyramid=True, lcd=True, gcd=True, lcd_keep=0.7,
                        radius4=12, radius8=6, teacher_temperature=0.07, w_lcd=1000.0, w_gcd=50.0)
 
 
@@ -172,7 +173,7 @@ def train_temporal(data=None, out="runs/temporal", config: str = "small", init=N
     videos = VideoFrames(data, frame_cache(s["cache"], data), s["fps"], s["short_side"], s["max_videos"],
                          progress=progress)
     clips = FrameClips(videos, n_frames=2, gap=s["gap"], size=s["image_size"],
-                       on_device=device_augment(s["augment"], s.get("device", "auto")))
+                       on_device=device_augment(s["augment"], s.get("device", "auto")), drop_static=s["drop_static"])
     model = STT(s["arch"], trunk_from_checkpoint(init) if init else None,
                 trunk_from_checkpoint(teacher) if s["gcd"] else None, s["pyramid"], s["lcd"], s["gcd"],
                 s["lcd_keep"], (s["radius4"], s["radius8"]), s["teacher_temperature"], s["w_lcd"], s["w_gcd"])

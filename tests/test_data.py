@@ -199,3 +199,23 @@ def test_uncached_counts_in_parallel_match_serial_and_skip_unreadable(small_vide
     with pytest.warns(UserWarning, match="broken.mp4"):
         cached = VideoFrames(root, tmp_path / "cache", fps=7.5, short_side=None, progress=False)
     assert [n for _, _, n in cached.videos] == [n for _, _, n in par.videos]  # decoded lengths = counted lengths
+
+
+def test_frame_clips_can_leave_out_the_most_static_pairs(tmp_path):
+    from stt.data import FrameClips, VideoFrames
+
+    rng = np.random.default_rng(0)
+    still = np.repeat(rng.integers(0, 255, (1, 32, 32, 3), dtype=np.uint8), 6, axis=0)
+    moving = rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    for name, frames in (("still", still), ("moving", moving)):
+        (tmp_path / name).mkdir()
+        for t, f in enumerate(frames):
+            Image.fromarray(f).save(tmp_path / name / f"{t:05d}.png")
+    videos = VideoFrames(tmp_path, None, short_side=None, progress=False)
+    all_clips = FrameClips(videos, 2, size=16)
+    motion = all_clips.motion()
+    assert len(all_clips) == 10 and motion.shape == (10,)
+    still_v = [i for i, (name, _, _) in enumerate(videos.videos) if name == "still"][0]
+    assert all(m == 0 for (v, _), m in zip(all_clips.index, motion) if v == still_v)
+    kept = FrameClips(videos, 2, size=16, drop_static=0.5)
+    assert len(kept) == 5 and all(v != still_v for v, _ in kept.index)
