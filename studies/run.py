@@ -62,6 +62,7 @@ STUDIES = {
         "lr4e-4": ("temporal", dict(steps=300, lr=4e-4, init="f0.25-x", teacher="f0.25-x")),
         "gap2": ("temporal", dict(steps=300, gap=2, init="f0.25-x", teacher="f0.25-x")),
         "moving": ("temporal", dict(steps=300, drop_static=0.3, init="f0.25-x", teacher="f0.25-x")),
+        "steps900": ("temporal", dict(steps=900, init="f0.25-x", teacher="f0.25-x")),
         "only": ("temporal", dict(steps=300, gcd=False)),
         "only-lr4e-4": ("temporal", dict(steps=300, gcd=False, lr=4e-4)),
         **BASELINES,
