@@ -137,15 +137,19 @@ def _record(manifest_path: Path, scale: str, versions: dict, name: str, entry: d
     return manifest
 
 
-def publish(run_dir: Path, readme: Path = REPO / "README.md", figures: Path = REPO / "figures") -> list[str]:
-    """Copy a run's results tables into the README's marked blocks and its figures to figures/."""
+def publish(run_dir: Path, readme: Path = REPO / "README.md", figures: Path = REPO / "figures",
+            studies: Path = REPO / "studies" / "results") -> list[str]:
+    """Copy a run's results tables into the README's marked blocks and its figures to figures/;
+    with a ``small`` run, also the study tables of ``studies/results`` (blocks ``study/<name>``)."""
     run_dir = Path(run_dir)
     manifest = run_dir / "manifest.json"
     scale = json.loads(manifest.read_text()).get("scale", "small") if manifest.is_file() else "small"
     text = readme.read_text()
     done = []
-    for md in sorted((run_dir / "results").glob("*.md")):
-        name = md.stem if scale == "small" else f"{scale}/{md.stem}"
+    tables = [(md.stem if scale == "small" else f"{scale}/{md.stem}", md) for md in sorted((run_dir / "results").glob("*.md"))]
+    if scale == "small":
+        tables += [(f"study/{md.stem}", md) for md in sorted(Path(studies).glob("*.md"))]
+    for name, md in tables:
         pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n).*?(<!-- /results:{re.escape(name)} -->)", re.S)
         if pattern.search(text):
             block = md.read_text().strip() + "\n"

@@ -7,7 +7,7 @@ results table (J&F per variant, mean over sequences with a 95 % bootstrap interv
 difference to the study's reference variant paired by sequence) is written to
 ``studies/results/<study>.md`` and ``.json``: committed, so the notebooks can cite them.
 
-    STT_DATA=../shared/data python studies/run.py queue [--sequences 8] [--only a,b]
+    STT_DATA=../shared/data python studies/run.py queue [--sequences 8] [--only a,b] [--table-only]
 
 Everything resumes: a finished variant is only re-scored. DAVIS is only ever evaluated on.
 """
@@ -118,6 +118,7 @@ def main(argv=None) -> int:
     ap.add_argument("study", choices=sorted(STUDIES))
     ap.add_argument("--sequences", type=int, default=8, help="first N DAVIS sequences [8]")
     ap.add_argument("--only", default=None, help="comma-separated variants")
+    ap.add_argument("--table-only", action="store_true", help="only rewrite the table from the variants already run")
     a = ap.parse_args(argv)
     ref, variants = STUDIES[a.study]
     ds = DAVIS(data_root() / "DAVIS2016" if (data_root() / "DAVIS2016").is_dir() else None)
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
     path = out_dir / f"{a.study}.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     for name, (recipe, settings) in variants.items():
-        if a.only and name not in a.only.split(","):
+        if (a.only and name not in a.only.split(",")) or a.table_only:
             continue
         print(f"[{a.study}] {name}: {recipe} {settings}", flush=True)
         results[name] = run_variant(a.study, name, recipe, settings, sequences, ds.root)

@@ -72,13 +72,18 @@ def test_publish_puts_each_scale_in_its_own_readme_block(tmp_path):
     from stt.runner import publish
 
     readme = tmp_path / "README.md"
-    readme.write_text("a\n<!-- results:t -->\nold\n<!-- /results:t -->\nb\n<!-- results:gpu/t -->\nold\n<!-- /results:gpu/t -->\n")
+    readme.write_text("a\n<!-- results:t -->\nold\n<!-- /results:t -->\nb\n<!-- results:gpu/t -->\nold\n<!-- /results:gpu/t -->\n"
+                      "<!-- results:study/q -->\nold\n<!-- /results:study/q -->\n")
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    (studies / "q.md").write_text("| queue study |\n")
     for scale in ("small", "gpu"):
         run = tmp_path / scale
         (run / "results").mkdir(parents=True)
         (run / "results" / "t.md").write_text(f"| {scale} |\n")
         (run / "manifest.json").write_text(json.dumps({"scale": scale}))
-        publish(run, readme, tmp_path / "figures")
+        publish(run, readme, tmp_path / "figures", studies)
     text = readme.read_text()
     assert "<!-- results:t -->\n| small |\n<!-- /results:t -->" in text
     assert "<!-- results:gpu/t -->\n| gpu |\n<!-- /results:gpu/t -->" in text
+    assert "<!-- results:study/q -->\n| queue study |\n<!-- /results:study/q -->" in text
