@@ -51,7 +51,7 @@ from IPython.display import Markdown, display
 from stt.data import DAVIS, StillImages, TwoViews, cache_dir, data_path, resize_short_side, to_tensor
 from stt.encoder import build_feature_model
 from stt.evaluate import davis_or_synthetic, evaluate_davis, per_sequence_jf
-from stt.metrics import bootstrap_ci
+from stt.metrics import bootstrap_ci, paired_difference
 from stt.losses import info_nce
 from stt.propagation import normalize_features
 from stt.recipes import SPATIAL, SPATIAL_COMMON, default_video_data, moco_queue_size, train_spatial
@@ -310,8 +310,9 @@ plt.show()
 # encoder against the same architecture at random initialisation and against raw Lab pixels (the
 # colour-matching baseline a learned feature has to beat). Both baselines are shared with
 # notebook 04: whichever notebook runs first computes them, the other resumes from its files.
-# The intervals are 95 % bootstrap intervals over sequences; "vs step 1" is the mean per-sequence
-# difference, paired by sequence, so the spread between easy and hard sequences cancels.
+# The intervals are 95 % bootstrap intervals over sequences; "step 1 minus this" is the mean
+# per-sequence difference, paired by sequence, so the spread between easy and hard sequences
+# cancels (`stt.metrics.paired_difference`): an interval above 0 means step 1 is clearly better.
 
 # %%
 names = ds.names[:eval_max_sequences] if eval_max_sequences else ds.names
@@ -325,13 +326,11 @@ for label, (model, folder) in runs.items():
 data_desc = (f"{'synthetic stand-in' if synthetic else f'DAVIS-{ds.year} {ds.split}'}, {len(names)} sequences, "
              f"short side {eval_short_side}")
 ours = "STT step 1 (MoCo v2, ours)"
-seqs = sorted(per_seq[ours])
-lines = ["| model | J&F | 95 % CI | vs step 1 [95 % CI] | J | F | training | data |", "|---|---|---|---|---|---|---|---|"]
+lines = ["| model | J&F | 95 % CI | step 1 minus this [95 % CI] | J | F | training | data |",
+         "|---|---|---|---|---|---|---|---|"]
 for label, r in results.items():
-    x = 100 * np.array([per_seq[label][s] for s in seqs])
-    d = x - 100 * np.array([per_seq[ours][s] for s in seqs])
-    lo, hi = bootstrap_ci(x)
-    diff = "" if label == ours else "{:+.1f} [{:+.1f}, {:+.1f}]".format(d.mean(), *bootstrap_ci(d))
+    lo, hi = bootstrap_ci([100 * v for v in per_seq[label].values()])
+    diff = "" if label == ours else "{:+.1f} [{:+.1f}, {:+.1f}]".format(*paired_difference(per_seq[ours], per_seq[label])[:3])
     train_desc = (f"{ckpt['step']} steps x {settings['batch_size']} on {len(images)} frames" if label == ours
                   else "none")
     lines.append(f"| {label} | {100 * r['J&F-Mean']:.1f} | [{lo:.1f}, {hi:.1f}] | {diff} | {100 * r['J-Mean']:.1f} "
@@ -353,13 +352,12 @@ display(Markdown(table))
 study_path = REPO / "studies" / "results" / "spatial.json"
 if not synthetic and eval_short_side == 240 and study_path.is_file():  # the study's protocol
     short = json.loads(study_path.read_text())["base"]
-    common = [s for s in seqs if s in short["jf"]]
+    common = sorted(set(per_seq[ours]) & set(short["jf"]))
     if common:
-        d = 100 * np.array([per_seq[ours][s] - short["jf"][s] for s in common])
-        lo, hi = bootstrap_ci(d)
+        d, lo, hi, n = paired_difference(per_seq[ours], short["jf"])
         print(f"{ckpt['step']} steps: {100 * np.mean([per_seq[ours][s] for s in common]):.1f} J&F; "
               f"{short['settings']['steps']} steps (study): {100 * np.mean([short['jf'][s] for s in common]):.1f}; "
-              f"paired difference {d.mean():+.1f} [{lo:+.1f}, {hi:+.1f}] on {len(common)} sequences")
+              f"paired difference {d:+.1f} [{lo:+.1f}, {hi:+.1f}] on {n} sequences")
 else:
     print("not comparable: the study scored real DAVIS at short side 240 (`python studies/run.py spatial`)")
 

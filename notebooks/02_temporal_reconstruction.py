@@ -51,8 +51,9 @@ from IPython.display import Markdown, display
 from stt.affinity import dense_local_correlation_reference, local_correlation
 from stt.color import denormalize_lab, lab_to_rgb, rgb_to_normalized_lab
 from stt.data import DAVIS, FrameClips, VideoFrames, cache_dir, data_path
-from stt.evaluate import davis_or_synthetic, evaluate_davis
+from stt.evaluate import davis_or_synthetic, evaluate_davis, per_sequence_jf
 from stt.losses import lab_channel_dropout, reconstruct, uncertainty, uncertainty_mask
+from stt.metrics import bootstrap_ci, paired_difference
 from stt.models import STT
 from stt.recipes import (
     TEMPORAL,
@@ -298,31 +299,41 @@ ds = DAVIS(davis_root)
 names = ds.names[:eval_max_sequences] if eval_max_sequences else ds.names
 models = {"random-r18": ("random-r18", "random-r18"), "STT step 1 (MoCo v2)": (str(step1), "step1")}
 models.update({f"STT step 2: {k}": (str(v), runs[k][0]) for k, v in checkpoints.items()})
-results = {}
+results, per_seq = {}, {}
 for label, (model, folder) in models.items():
     results[label] = evaluate_davis(davis_root, model, run_dir / "eval" / "davis" / folder, short_side=eval_short_side,
                                     sequences=names, device=device)
+    per_seq[label] = per_sequence_jf(run_dir / "eval" / "davis" / folder)
 data_desc = (f"{'synthetic stand-in' if synthetic else f'DAVIS-{ds.year} {ds.split}'}, {len(names)} sequences, "
              f"short side {eval_short_side}")
 budget = f"{load_checkpoint(checkpoints['full STT'])['step']} steps x {settings['batch_size']} pairs"
-lines = ["| model | J&F | J | F | training | data |", "|---|---|---|---|---|---|"]
+full = "STT step 2: full STT"
+lines = ["| model | J&F | 95 % CI | full STT minus this [95 % CI] | J | F | training | data |",
+         "|---|---|---|---|---|---|---|---|"]
 for label, r in results.items():
     train_desc = {"random-r18": "none", "STT step 1 (MoCo v2)": "step 1 only"}.get(label, budget)
-    lines.append(f"| {label} | {100 * r['J&F-Mean']:.1f} | {100 * r['J-Mean']:.1f} | {100 * r['F-Mean']:.1f} | {train_desc} | {data_desc} |")
-lines += ["| STT R18 stride 8 (paper) | 70.7 | | | YouTube-VOS, 800 epochs | DAVIS-2017 val, 480p |",
-          "| STT R18 stride 8, temporal only (paper) | 69.2 | | | YouTube-VOS, 800 epochs | DAVIS-2017 val, 480p |"]
+    lo, hi = bootstrap_ci([100 * v for v in per_seq[label].values()])
+    diff = "" if label == full else "{:+.1f} [{:+.1f}, {:+.1f}]".format(*paired_difference(per_seq[full], per_seq[label])[:3])
+    lines.append(f"| {label} | {100 * r['J&F-Mean']:.1f} | [{lo:.1f}, {hi:.1f}] | {diff} | {100 * r['J-Mean']:.1f} "
+                 f"| {100 * r['F-Mean']:.1f} | {train_desc} | {data_desc} |")
+lines += ["| STT R18 stride 8 (paper) | 70.7 | | | | | YouTube-VOS, 800 epochs | DAVIS-2017 val, 480p |",
+          "| STT R18 stride 8, temporal only (paper) | 69.2 | | | | | YouTube-VOS, 800 epochs | DAVIS-2017 val, 480p |"]
 table = "\n".join(lines)
 (run_dir / "results").mkdir(parents=True, exist_ok=True)
 (run_dir / "results" / "02_temporal.md").write_text(table + "\n")
 (run_dir / "results" / "02_temporal.json").write_text(json.dumps(results, indent=2))
-print(table)
+display(Markdown(table))
+
+# %% [markdown]
+# The paper's claim, read from the paired differences: a margin counts as *clear* when its 95 %
+# interval over sequences excludes 0 (and at least 5 sequences were scored).
 
 # %%
-jf = {k: v["J&F-Mean"] for k, v in results.items()}
-full, tonly, s1 = jf["STT step 2: full STT"], jf["STT step 2: temporal-only"], jf["STT step 1 (MoCo v2)"]
-verdict = ("holds" if full > tonly and full > s1 else "does not hold")
-print(f"Paper's claim (full STT > temporal-only and > step 1) {verdict} here: "
-      f"full {100 * full:.1f}, temporal-only {100 * tonly:.1f}, step 1 {100 * s1:.1f} J&F.")
+for other in ("STT step 2: temporal-only", "STT step 1 (MoCo v2)", "random-r18"):
+    d, lo, hi, n = paired_difference(per_seq[full], per_seq[other])
+    word = ("is measured on too few sequences to compare with" if n < 5 else
+            "clearly beats" if lo > 0 else "is clearly below" if hi < 0 else "is within the noise of")
+    print(f"full STT {word} {other}: {d:+.1f} J&F [{lo:+.1f}, {hi:+.1f}] over {n} sequences")
 
 # %% [markdown]
 # ## Summary

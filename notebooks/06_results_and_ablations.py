@@ -41,7 +41,7 @@ from PIL import Image
 from stt.data import DAVIS
 from stt.evaluate import davis_or_synthetic, per_sequence_jf
 from stt.explorer import CorrespondenceExplorer
-from stt.metrics import bootstrap_ci
+from stt.metrics import bootstrap_ci, paired_difference
 from stt.viz import overlay, save_figure
 
 # %% tags=["parameters"]
@@ -232,8 +232,8 @@ else:
 
 # %% [markdown]
 # A difference between two models counts as **clear** when its 95 % interval, from the
-# per-sequence differences (paired: both models on the same sequences), excludes zero; a
-# difference inside the interval is what another draw of sequences could undo.
+# per-sequence differences (paired: both models on the same sequences), excludes zero (with at
+# least 5 sequences); a difference inside the interval is what another draw of sequences could undo.
 
 # %%
 def jf_of(key):
@@ -254,13 +254,12 @@ for text, a, b in claims:
     if jf_of(a) is None or jf_of(b) is None:
         verdicts.append(f"- {text}: not measured in this run")
         continue
-    seqs = sorted(per_seq[a])
-    d = [100 * (per_seq[a][s] - per_seq[b][s]) for s in seqs]
-    lo, hi = bootstrap_ci(d)
+    d, lo, hi, n = paired_difference(per_seq[a], per_seq[b])
     verdict = "yes" if jf_of(a) > jf_of(b) else "no"
-    clear = "clear" if lo > 0 or hi < 0 else "within the sequence-to-sequence noise"
-    verdicts.append(f"- {text}: {verdict} ({jf_of(a):.1f} vs {jf_of(b):.1f} J&F; difference {np.mean(d):+.1f}, "
-                    f"95 % CI [{lo:+.1f}, {hi:+.1f}] over {len(seqs)} sequences: {clear})")
+    clear = ("too few sequences to tell" if n < 5 else
+             "clear" if lo > 0 or hi < 0 else "within the sequence-to-sequence noise")
+    verdicts.append(f"- {text}: {verdict} ({jf_of(a):.1f} vs {jf_of(b):.1f} J&F; difference {d:+.1f}, "
+                    f"95 % CI [{lo:+.1f}, {hi:+.1f}] over {n} sequences: {clear})")
 print("\n".join(verdicts))
 (run_dir / "results" / "06_claims.md").write_text("\n".join(verdicts) + "\n")
 

@@ -467,10 +467,13 @@ class TwoViews(torch.utils.data.Dataset):
     ``on_device=False``: the loader's workers build the views (CPU, per sample); items are
     ``(view 1, view 2, instance)``. ``on_device=True``: the workers only draw the parameters and
     cut the uint8 crops; :meth:`collate` pads them into one uint8 batch and :meth:`to_device`
-    resizes and jitters the whole batch on the training device (:mod:`stt.augment`)."""
+    resizes and jitters the whole batch on the training device (:mod:`stt.augment`).
 
-    def __init__(self, images: StillImages, size: int = 224, on_device: bool = False):
-        self.images, self.size, self.on_device = images, size, on_device
+    ``scale``: the area range of the random resized crop, as a fraction of the image [MoCo v2:
+    0.2-1.0]."""
+
+    def __init__(self, images: StillImages, size: int = 224, on_device: bool = False, scale=(0.2, 1.0)):
+        self.images, self.size, self.on_device, self.scale = images, size, on_device, tuple(scale)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -482,8 +485,8 @@ class TwoViews(torch.utils.data.Dataset):
         gen = torch.Generator().manual_seed(seed)
         img, instance = self.images.load(idx)
         if not self.on_device:
-            return moco_v2_view(img, self.size, gen), moco_v2_view(img, self.size, gen), instance
-        p1, p2 = moco_v2_params(*img.shape[:2], gen), moco_v2_params(*img.shape[:2], gen)
+            return moco_v2_view(img, self.size, gen, self.scale), moco_v2_view(img, self.size, gen, self.scale), instance
+        p1, p2 = moco_v2_params(*img.shape[:2], gen, self.scale), moco_v2_params(*img.shape[:2], gen, self.scale)
         return cut(img, p1["box"]), cut(img, p2["box"]), p1, p2, instance
 
     def collate(self, items):

@@ -188,6 +188,20 @@ def bootstrap_ci(values, n: int = 10000, seed: int = 0, level: float = 0.95) -> 
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
+def paired_difference(a: dict, b: dict, scale: float = 100.0, **kw) -> tuple[float, float, float, int]:
+    """Model ``a`` minus model ``b``, paired by sequence: ``a`` and ``b`` map a sequence to its
+    score (:func:`stt.evaluate.per_sequence_jf`). Returns the mean difference over the sequences
+    both have, its :func:`bootstrap_ci` interval (times ``scale``: percent by default) and the
+    number of sequences. Pairing cancels the spread between easy and hard sequences, so a
+    difference is *clear* when its interval excludes 0."""
+    keys = sorted(set(a) & set(b))
+    if not keys:
+        raise ValueError(f"no sequence in common between {sorted(a)[:3]}... and {sorted(b)[:3]}...")
+    d = scale * np.array([a[k] - b[k] for k in keys], dtype=np.float64)
+    lo, hi = bootstrap_ci(d, **kw)
+    return float(d.mean()), lo, hi, len(keys)
+
+
 # ---------------------------------------------------------------------------- JHMDB: PCK
 
 

@@ -30,9 +30,10 @@ SPATIAL = {
     "full": dict(steps=1_000_000, batch_size=256, image_size=224, queue_size=65536, bn_splits=1, max_videos=None,
                  warmup_steps=0, log_every=100, ckpt_every=5000, num_workers=8),
 }
+MOCO_CROP_SCALE = (0.2, 1.0)  # area range of MoCo v2's random resized crop
 SPATIAL_COMMON = dict(arch="resnet18", dim=128, momentum=0.999, temperature=0.2, input_space="lab",
                       optimizer="sgd", weight_decay=1e-4, sgd_momentum=0.9, fps=6.0, short_side=256,
-                      max_queue_fraction=0.25, exclude_same_instance=True, augment="auto")
+                      max_queue_fraction=0.25, exclude_same_instance=True, augment="auto", crop_scale=MOCO_CROP_SCALE)
 
 
 def moco_queue_size(requested, n_images: int, fraction: float, preset: bool = True) -> int:
@@ -127,11 +128,13 @@ def train_spatial(data=None, out="runs/spatial", config: str = "small", progress
         print(f"{len(images)} training images of {images.n_instances} instances: MoCo queue of {s['queue_size']} keys")
     model = MoCo(s["arch"], s["dim"], s["queue_size"], s["momentum"], s["temperature"], s["input_space"], s["bn_splits"],
                  s["exclude_same_instance"])
-    cfg = _train_config(s, 0.03 * s["batch_size"] / 256, extra_keys=set(SPATIAL_COMMON) | {"image_size", "queue_size",
-                                                                                          "bn_splits", "max_videos"})
+    extra = set(SPATIAL_COMMON) | {"image_size", "queue_size", "bn_splits", "max_videos"}
+    if tuple(s["crop_scale"]) == MOCO_CROP_SCALE:  # recorded only when changed: earlier checkpoints resume
+        extra.discard("crop_scale")
+    cfg = _train_config(s, 0.03 * s["batch_size"] / 256, extra_keys=extra)
     meta = {"recipe": "spatial", "config": config, "data": str(data), "images": len(images),
             "instances": images.n_instances}
-    views = TwoViews(images, s["image_size"], on_device=device_augment(s["augment"], cfg.device))
+    views = TwoViews(images, s["image_size"], on_device=device_augment(s["augment"], cfg.device), scale=s["crop_scale"])
     trainer = Trainer(model, views, cfg, out, meta=meta, progress=progress)
     trainer.fit()
     return Path(out) / "checkpoint.pth"

@@ -129,3 +129,22 @@ def test_device_path_runs_on_cuda():
     y = photometric(out, {k: v.cuda() for k, v in p.items()})
     ref = photometric(resize_crops(x, torch.tensor([[30, 40]] * 4), 16), p)
     assert torch.allclose(y.cpu(), ref, atol=1e-4)
+
+
+def test_two_views_crop_area_follows_the_scale_setting():
+    from stt.data import TwoViews
+
+    class Still:  # the StillImages interface: len and load -> (H x W x 3 uint8, instance)
+        def __len__(self):
+            return 3
+
+        def load(self, i):
+            return np.zeros((100, 120, 3), np.uint8), i
+
+    for scale in [(0.02, 0.05), (0.5, 1.0)]:
+        views = TwoViews(Still(), 16, on_device=True, scale=scale)
+        for seed in range(20):
+            *_, p1, p2, _ = views[(seed % 3, seed)]
+            for p in (p1, p2):
+                h, w = p["box"].tolist()[2:]
+                assert scale[0] * 0.9 <= h * w / (100 * 120) <= scale[1] * 1.1  # integer rounding of h, w

@@ -207,6 +207,23 @@ def test_bootstrap_interval_of_the_mean():
     assert bootstrap_ci(x) == (lo, hi)  # seeded
 
 
+def test_paired_difference_uses_common_sequences_only():
+    from stt.metrics import bootstrap_ci, paired_difference
+
+    a = {"s1": 0.50, "s2": 0.70, "s3": 0.20, "only-a": 0.9}
+    b = {"s1": 0.40, "s2": 0.65, "s3": 0.30, "only-b": 0.1}
+    mean, lo, hi, n = paired_difference(a, b)
+    assert n == 3
+    assert mean == pytest.approx(100 * (0.10 + 0.05 - 0.10) / 3)
+    assert (lo, hi) == pytest.approx(bootstrap_ci([10.0, 5.0, -10.0]))  # same sequences, order and seed
+    # a constant offset is clear however spread the sequences are: pairing cancels the spread
+    c = {k: v + 0.02 for k, v in a.items()}
+    mean, lo, hi, _ = paired_difference(c, a)
+    assert mean == pytest.approx(2.0) and lo == pytest.approx(2.0) and hi == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="no sequence in common"):
+        paired_difference({"x": 1.0}, {"y": 1.0})
+
+
 def test_per_sequence_jf_averages_objects(tmp_path):
     from stt.evaluate import per_sequence_jf
 
