@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 from stt.data import DAVIS, data_root  # noqa: E402
 from stt.evaluate import evaluate_davis, per_sequence_jf  # noqa: E402
 from stt.metrics import bootstrap_ci, paired_difference  # noqa: E402
-from stt.recipes import train_spatial, train_temporal  # noqa: E402
+from stt.recipes import MOCO_CROP_SCALE, train_spatial, train_temporal  # noqa: E402
 
 RUNS = REPO / "runs" / "studies"
 def step1_checkpoint(name: str) -> Path:
@@ -41,7 +41,8 @@ def step1_checkpoint(name: str) -> Path:
     return path
 
 
-# study -> (reference variant, {variant: (recipe, settings)}). Settings are recipe overrides;
+# study -> (reference variant, {variant: (recipe, settings)}). Settings are overrides of the
+# ``small`` preset, written out where a later preset changed them (the MoCo crop, step 2's lr);
 # "init"/"teacher" name a step-1 checkpoint (:func:`step1_checkpoint`). Recipe "baseline": a model without
 # training (``stt evaluate davis --model ...``), evaluated once for all studies.
 BASELINES = {"lab": ("baseline", dict(model="lab")), "random-r18": ("baseline", dict(model="random-r18"))}
@@ -49,41 +50,48 @@ STUDIES = {
     # Issue 13: the MoCo queue against the size of the data (2,657 frames of 51 videos at small).
     # "-x": queue entries of the query's own video are not negatives (exclude_same_instance).
     "queue": ("q4096", {
-        "q4096": ("spatial", dict(steps=300, queue_size=4096, max_queue_fraction=2.0, exclude_same_instance=False)),
-        "f0.25": ("spatial", dict(steps=300, max_queue_fraction=0.25, exclude_same_instance=False)),
-        "f0.25-x": ("spatial", dict(steps=300, max_queue_fraction=0.25)),
-        "q4096-x": ("spatial", dict(steps=300, queue_size=4096, max_queue_fraction=2.0)),
-        "f0.1-x": ("spatial", dict(steps=300, max_queue_fraction=0.1)),
+        "q4096": ("spatial", dict(steps=300, crop_scale=MOCO_CROP_SCALE, queue_size=4096, max_queue_fraction=2.0, exclude_same_instance=False)),
+        "f0.25": ("spatial", dict(steps=300, crop_scale=MOCO_CROP_SCALE, max_queue_fraction=0.25, exclude_same_instance=False)),
+        "f0.25-x": ("spatial", dict(steps=300, crop_scale=MOCO_CROP_SCALE, max_queue_fraction=0.25)),
+        "q4096-x": ("spatial", dict(steps=300, crop_scale=MOCO_CROP_SCALE, queue_size=4096, max_queue_fraction=2.0)),
+        "f0.1-x": ("spatial", dict(steps=300, crop_scale=MOCO_CROP_SCALE, max_queue_fraction=0.1)),
         **BASELINES,
     }),
     # Issue 12: what makes the small step 1 learn more per minute (queue from the data, own video excluded).
     "spatial": ("base", {
-        "base": ("spatial", dict(steps=300)),
-        "lr0.03": ("spatial", dict(steps=300, lr=0.03)),
-        "t0.1": ("spatial", dict(steps=300, temperature=0.1)),
-        "lr0.03-t0.1": ("spatial", dict(steps=300, lr=0.03, temperature=0.1)),
-        "steps900": ("spatial", dict(steps=900)),  # issue 13: more steps must not make it worse
+        "base": ("spatial", dict(steps=300, crop_scale=MOCO_CROP_SCALE)),
+        "lr0.03": ("spatial", dict(steps=300, crop_scale=MOCO_CROP_SCALE, lr=0.03)),
+        "t0.1": ("spatial", dict(steps=300, crop_scale=MOCO_CROP_SCALE, temperature=0.1)),
+        "lr0.03-t0.1": ("spatial", dict(steps=300, crop_scale=MOCO_CROP_SCALE, lr=0.03, temperature=0.1)),
+        "steps900": ("spatial", dict(steps=900, crop_scale=MOCO_CROP_SCALE)),  # issue 13: more steps must not make it worse
         **BASELINES,
     }),
     # Issues 12 and 13 on all 15 sequences (the first 8, used above, are the easier half): how
-    # long to train step 1, and crops nearer the scale label propagation sees (stt.data.TwoViews).
+    # long to train step 1, and crops nearer the scale label propagation sees (crop_scale).
     "step1": ("600", {
-        "600": ("spatial", dict(steps=600)),  # the small preset
-        "300": ("spatial", dict(steps=300)),
-        "900": ("spatial", dict(steps=900)),
+        "600": ("spatial", dict(steps=600, crop_scale=MOCO_CROP_SCALE)),  # the small preset
+        "300": ("spatial", dict(steps=300, crop_scale=MOCO_CROP_SCALE)),
+        "900": ("spatial", dict(steps=900, crop_scale=MOCO_CROP_SCALE)),
         "local-crops": ("spatial", dict(steps=600, crop_scale=(0.08, 0.4))),
-        "size128": ("spatial", dict(steps=600, image_size=128)),
+        "smaller-crops": ("spatial", dict(steps=600, crop_scale=(0.03, 0.15))),
+        # issue 13, with the local crops (the small preset since this study): more steps must not hurt
+        "local-crops-300": ("spatial", dict(steps=300, crop_scale=(0.08, 0.4))),
+        "local-crops-900": ("spatial", dict(steps=900, crop_scale=(0.08, 0.4))),
+        "local-crops-128": ("spatial", dict(steps=600, crop_scale=(0.08, 0.4), image_size=128)),
         **BASELINES,
     }),
     # Issue 12: what makes the small step 2 learn more per minute (full STT from the small preset's step 1).
     "temporal": ("base", {
-        "base": ("temporal", dict(steps=300, init="step1:600", teacher="step1:600")),
+        "base": ("temporal", dict(steps=300, lr=1e-4, init="step1:600", teacher="step1:600")),
         "lr4e-4": ("temporal", dict(steps=300, lr=4e-4, init="step1:600", teacher="step1:600")),
         "lr1e-3": ("temporal", dict(steps=300, lr=1e-3, init="step1:600", teacher="step1:600")),
         "lr4e-4-gap2": ("temporal", dict(steps=300, lr=4e-4, gap=2, init="step1:600", teacher="step1:600")),
         "lr4e-4-moving": ("temporal", dict(steps=300, lr=4e-4, drop_static=0.3, init="step1:600", teacher="step1:600")),
         "lr4e-4-900": ("temporal", dict(steps=900, lr=4e-4, init="step1:600", teacher="step1:600")),
         "only-lr4e-4": ("temporal", dict(steps=300, gcd=False, lr=4e-4)),
+        # from the step 1 with local crops (the small preset since the step1 study)
+        "lc-lr4e-4": ("temporal", dict(steps=300, lr=4e-4, init="step1:local-crops", teacher="step1:local-crops")),
+        "lc-lr4e-4-900": ("temporal", dict(steps=900, lr=4e-4, init="step1:local-crops", teacher="step1:local-crops")),
         **BASELINES,
     }),
 }

@@ -205,3 +205,21 @@ def test_gpu_presets_run_a_few_steps_on_cpu(tmp_path, monkeypatch):
     assert load_checkpoint(ck)["meta"]["config"] == "gpu"
     ck = recipes.train_corrflow(videos, tmp_path / "c", "gpu", progress=False, batch_size=2, kmeans_frames=4, **small)
     assert len(load_checkpoint(ck)["history"]) == 2
+
+
+def test_moco_crop_scale_is_recorded_only_when_changed(tmp_path, monkeypatch):
+    """A changed crop range is part of the run's identity (resuming with another one is refused);
+    MoCo's own range is not written, so checkpoints from before the setting existed resume."""
+    from stt import recipes
+    from stt.synthetic import make_synthetic_videos
+
+    monkeypatch.setenv("STT_CACHE", str(tmp_path / "cache"))
+    videos = make_synthetic_videos(tmp_path / "videos", n_videos=2, n_frames=6, size=(48, 64))
+    kw = dict(steps=1, batch_size=4, image_size=32, num_workers=0, device="cpu", log_every=1, progress=False)
+    ck = recipes.train_spatial(videos, tmp_path / "moco", "smoke", **kw)
+    assert "crop_scale" not in load_checkpoint(ck)["config"]["extra"]
+    ck = recipes.train_spatial(videos, tmp_path / "local", "smoke", crop_scale=recipes.LOCAL_CROP_SCALE, **kw)
+    assert tuple(load_checkpoint(ck)["config"]["extra"]["crop_scale"]) == recipes.LOCAL_CROP_SCALE
+    assert recipes.SPATIAL["small"]["crop_scale"] == recipes.LOCAL_CROP_SCALE
+    with pytest.raises(RuntimeError, match="other settings"):
+        recipes.train_spatial(videos, tmp_path / "local", "smoke", **{**kw, "steps": 2})
