@@ -92,6 +92,9 @@ STUDIES = {
         # from the step 1 with local crops (the small preset since the step1 study)
         "lc-lr4e-4": ("temporal", dict(steps=300, lr=4e-4, init="step1:local-crops", teacher="step1:local-crops")),
         "lc-lr4e-4-900": ("temporal", dict(steps=900, lr=4e-4, init="step1:local-crops", teacher="step1:local-crops")),
+        "lc-lr4e-4-gap2": ("temporal", dict(steps=300, lr=4e-4, gap=2, init="step1:local-crops", teacher="step1:local-crops")),
+        "lc-lr4e-4-moving": ("temporal", dict(steps=300, lr=4e-4, drop_static=0.3, init="step1:local-crops",
+                                              teacher="step1:local-crops")),
         **BASELINES,
     }),
 }
