@@ -221,8 +221,8 @@ display(Markdown("\n".join(rows)))
 # Measured by `python studies/run.py step1`: 600-step runs scored on **all 15** sequences.
 # The `small` preset takes `crop_scale = (0.08, 0.4)`, its best row (*ours*: a departure from
 # MoCo v2's 0.2-1.0, which the `full` preset keeps for ImageNet, where the network learns many
-# scales from many images). The same table holds the runs of 300 and 900 steps that section 8
-# compares with this notebook's run.
+# scales from many images). The same table holds a 300-step run of this recipe, which section 8
+# compares with this notebook's 600-step run.
 
 # %%
 display(Markdown(study_table("step1")))
@@ -380,8 +380,8 @@ table = "\n".join(lines)
 display(Markdown(table))
 
 # %% [markdown]
-# **More steps.** The step-1 study (section 5) trained this preset for 300, 600 and 900 steps
-# on the same data, with the same seed. Paired by sequence against this notebook's run: longer
+# **More steps.** The step-1 study (section 5) trained this preset for 300 and 600 steps on
+# the same data, with the same seed. Paired by sequence against this notebook's run: longer
 # training should not make the features worse (the failure that led to section 4 did exactly
 # that). The study's 600-step row is the same recipe with the same seed: it should come close
 # to this run, not equal it (bf16 and multi-threaded CPU kernels do not add up bit-exactly, and
