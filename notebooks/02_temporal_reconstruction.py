@@ -63,7 +63,7 @@ from stt.recipes import (
     train_temporal,
     trunk_from_checkpoint,
 )
-from stt.runner import study_table
+from stt.runner import REPO, study_table
 from stt.train import load_checkpoint
 from stt.viz import save_figure
 
@@ -347,6 +347,23 @@ for other in ("STT step 2: temporal-only", "STT step 1 (MoCo v2)", "random-r18")
 # what reconstruction reaches on its own. Step 1 on a larger, different image set (`--data` of
 # `stt train spatial`) is the experiment that would test this; the `full` preset does it
 # (ImageNet), the `small` and `gpu` presets do not.
+#
+# The temporal study (section 4) splits full STT's two uses of step 1 apart: the same 900-step
+# run with step 1 as the initialisation only (no GCD) against full STT from the same step 1.
+# If GCD helped here, the first difference below would be negative.
+
+# %%
+study_path = REPO / "studies" / "results" / "temporal.json"
+study = json.loads(study_path.read_text()) if study_path.is_file() else {}
+if {"lc-lr4e-4-900-init-only", "lc-lr4e-4-900"} <= set(study):
+    init_only, with_gcd = study["lc-lr4e-4-900-init-only"]["jf"], study["lc-lr4e-4-900"]["jf"]
+    for what, a_, b_ in [("temporal study: step 1 as initialisation only, minus full STT", init_only, with_gcd)] + (
+            [("temporal study: step 1 as initialisation only, minus this run's temporal-only", init_only,
+              per_seq["STT step 2: temporal-only"])] if not synthetic and eval_short_side == 240 else []):
+        d, lo, hi, n = paired_difference(a_, b_)
+        print(f"{what}: {d:+.1f} J&F [{lo:+.1f}, {hi:+.1f}] over {n} sequences")
+else:
+    print("run `python studies/run.py temporal --only lc-lr4e-4-900,lc-lr4e-4-900-init-only` for this comparison")
 
 # %% [markdown]
 # ## Summary

@@ -95,6 +95,9 @@ STUDIES = {
         "lc-lr4e-4-gap2": ("temporal", dict(steps=300, lr=4e-4, gap=2, init="step1:local-crops", teacher="step1:local-crops")),
         "lc-lr4e-4-moving": ("temporal", dict(steps=300, lr=4e-4, drop_static=0.3, init="step1:local-crops",
                                               teacher="step1:local-crops")),
+        # issue 12: full STT vs temporal-only, split into its two parts: step 1 as initialisation
+        # only (no GCD), against full STT (lc-lr4e-4-900) and temporal-only (the small run's)
+        "lc-lr4e-4-900-init-only": ("temporal", dict(steps=900, lr=4e-4, gcd=False, init="step1:local-crops")),
         **BASELINES,
     }),
 }
