@@ -396,7 +396,7 @@ if not synthetic and eval_short_side == 240 and study_path.is_file():  # the stu
         same_recipe = r["recipe"] == "spatial" and r["settings"].get("crop_scale") == scale_ and \
             set(r["settings"]) <= {"steps", "crop_scale"}
         if same_recipe:
-            d, lo, hi, n = paired_difference(study[name]["jf"], per_seq[ours])
+            d, lo, hi, n = paired_difference(r["jf"], per_seq[ours])
             print(f"study {name!r} ({r['settings']['steps']} steps): {100 * np.mean(list(r['jf'].values())):.1f} J&F; "
                   f"minus this run's ({ckpt['step']} steps): {d:+.1f} [{lo:+.1f}, {hi:+.1f}] over {n} sequences")
 else:

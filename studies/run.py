@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 from stt.data import DAVIS, data_root  # noqa: E402
 from stt.evaluate import evaluate_davis, per_sequence_jf  # noqa: E402
 from stt.metrics import bootstrap_ci, paired_difference  # noqa: E402
-from stt.recipes import MOCO_CROP_SCALE, train_spatial, train_temporal  # noqa: E402
+from stt.recipes import LOCAL_CROP_SCALE, MOCO_CROP_SCALE, train_spatial, train_temporal  # noqa: E402
 
 RUNS = REPO / "runs" / "studies"
 def step1_checkpoint(name: str) -> Path:
@@ -72,12 +72,12 @@ STUDIES = {
         "600": ("spatial", dict(steps=600, crop_scale=MOCO_CROP_SCALE)),  # the small preset
         "300": ("spatial", dict(steps=300, crop_scale=MOCO_CROP_SCALE)),
         "900": ("spatial", dict(steps=900, crop_scale=MOCO_CROP_SCALE)),
-        "local-crops": ("spatial", dict(steps=600, crop_scale=(0.08, 0.4))),
+        "local-crops": ("spatial", dict(steps=600, crop_scale=LOCAL_CROP_SCALE)),
         "smaller-crops": ("spatial", dict(steps=600, crop_scale=(0.03, 0.15))),
         # issue 13, with the local crops (the small preset since this study): more steps must not hurt
-        "local-crops-300": ("spatial", dict(steps=300, crop_scale=(0.08, 0.4))),
-        "local-crops-900": ("spatial", dict(steps=900, crop_scale=(0.08, 0.4))),
-        "local-crops-128": ("spatial", dict(steps=600, crop_scale=(0.08, 0.4), image_size=128)),
+        "local-crops-300": ("spatial", dict(steps=300, crop_scale=LOCAL_CROP_SCALE)),
+        "local-crops-900": ("spatial", dict(steps=900, crop_scale=LOCAL_CROP_SCALE)),
+        "local-crops-128": ("spatial", dict(steps=600, crop_scale=LOCAL_CROP_SCALE, image_size=128)),
         **BASELINES,
     }),
     # Issue 12: what makes the small step 2 learn more per minute (full STT from the small preset's step 1).
