@@ -98,6 +98,14 @@ STUDIES = {
         # issue 12: full STT vs temporal-only, split into its two parts: step 1 as initialisation
         # only (no GCD), against full STT (lc-lr4e-4-900) and temporal-only (the small run's)
         "lc-lr4e-4-900-init-only": ("temporal", dict(steps=900, lr=4e-4, gcd=False, init="step1:local-crops")),
+        # GCD weighted 50 is about half the small run's loss and never falls (teacher weaker than
+        # its student): the same run with a tenth of the weight
+        "lc-lr4e-4-900-wgcd5": ("temporal", dict(steps=900, lr=4e-4, w_gcd=5.0, init="step1:local-crops",
+                                                 teacher="step1:local-crops")),
+        # and from a longer step 1 (900 steps instead of 600): does a stronger teacher widen the
+        # margin of full STT over temporal-only?
+        "lc900-lr4e-4-900": ("temporal", dict(steps=900, lr=4e-4, init="step1:local-crops-900",
+                                              teacher="step1:local-crops-900")),
         **BASELINES,
     }),
 }
