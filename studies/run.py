@@ -106,6 +106,8 @@ STUDIES = {
         # margin of full STT over temporal-only?
         "lc900-lr4e-4-900": ("temporal", dict(steps=900, lr=4e-4, init="step1:local-crops-900",
                                               teacher="step1:local-crops-900")),
+        # run-to-run noise: temporal-only as in the small preset, another seed (seed 0 is the small run's)
+        "only-lr4e-4-900-seed1": ("temporal", dict(steps=900, lr=4e-4, gcd=False, seed=1)),
         **BASELINES,
     }),
 }
