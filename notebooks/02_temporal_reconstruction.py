@@ -353,9 +353,9 @@ for other in ("STT step 2: temporal-only", "STT step 1 (MoCo v2)", "random-r18")
 # step 1 as the initialisation only (no GCD). Each line below is the initialisation-only run
 # minus the other; if GCD helped here, they would be negative. (Full STT from a 900-step step 1,
 # also in the study table, is no better: step 1 itself does not improve past 600 steps here.
-# Temporal-only trained again with another seed, `only-lr4e-4-900-seed1`, scores 50.1 J&F
-# against the `small` run's 50.2: that row barely moves between runs, while two runs of the
-# full-STT recipe, the `small` run's and the study's `lc-lr4e-4-900`, differ by 2.6.)
+# Run to run, with other seeds (`*-seed1` in the study table): temporal-only 50.1 J&F against
+# the `small` run's 50.2; full STT 50.7 against the study's 50.8 and the `small` run's 48.2.
+# Averaged over these runs, the two are equal within the noise.)
 
 # %%
 study_path = REPO / "studies" / "results" / "temporal.json"

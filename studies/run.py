@@ -106,8 +106,10 @@ STUDIES = {
         # margin of full STT over temporal-only?
         "lc900-lr4e-4-900": ("temporal", dict(steps=900, lr=4e-4, init="step1:local-crops-900",
                                               teacher="step1:local-crops-900")),
-        # run-to-run noise: temporal-only as in the small preset, another seed (seed 0 is the small run's)
+        # run-to-run noise: temporal-only as in the small preset (seed 0 is the small run's), and full STT, another seed
         "only-lr4e-4-900-seed1": ("temporal", dict(steps=900, lr=4e-4, gcd=False, seed=1)),
+        "lc-lr4e-4-900-seed1": ("temporal", dict(steps=900, lr=4e-4, seed=1, init="step1:local-crops",
+                                                 teacher="step1:local-crops")),
         **BASELINES,
     }),
 }
