@@ -55,7 +55,7 @@ from stt.metrics import bootstrap_ci, paired_difference
 from stt.losses import info_nce
 from stt.propagation import normalize_features
 from stt.recipes import SPATIAL, SPATIAL_COMMON, default_video_data, moco_queue_size, train_spatial
-from stt.runner import REPO, study_table
+from stt.runner import study_results, study_table
 from stt.train import load_checkpoint
 from stt.viz import save_figure
 
@@ -390,9 +390,8 @@ display(Markdown(table))
 # small differences grow over 600 steps).
 
 # %%
-study_path = REPO / "studies" / "results" / "step1.json"
-if not synthetic and eval_short_side == 240 and study_path.is_file():  # the study's protocol
-    study = json.loads(study_path.read_text())
+study = study_results("step1")
+if not synthetic and eval_short_side == 240 and study:  # the study's protocol
     scale_ = str(tuple(settings["crop_scale"]))
     for name, r in study.items():
         same_recipe = r["recipe"] == "spatial" and r["settings"].get("crop_scale") == scale_ and \

@@ -63,7 +63,7 @@ from stt.recipes import (
     train_temporal,
     trunk_from_checkpoint,
 )
-from stt.runner import REPO, study_table
+from stt.runner import study_results, study_table
 from stt.train import load_checkpoint
 from stt.viz import save_figure
 
@@ -358,8 +358,7 @@ for other in ("STT step 2: temporal-only", "STT step 1 (MoCo v2)", "random-r18")
 # Averaged over these runs, the two are equal within the noise.)
 
 # %%
-study_path = REPO / "studies" / "results" / "temporal.json"
-study = json.loads(study_path.read_text()) if study_path.is_file() else {}
+study = study_results("temporal")
 if {"lc-lr4e-4-900-init-only", "lc-lr4e-4-900"} <= set(study):
     init_only = study["lc-lr4e-4-900-init-only"]["jf"]
     others = {"full STT": study["lc-lr4e-4-900"]["jf"]}

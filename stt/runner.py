@@ -43,13 +43,23 @@ PUBLISHED_FIGURES = ("06_all_models", "06_qualitative", "06_explorer_affinity", 
                      "03_drift", "05_skeletons", "04_protocol_options")
 
 
+STUDY_RESULTS = REPO / "studies" / "results"
+
+
 def study_table(name: str) -> str:
     """The markdown table of ``studies/results/<name>.md`` (made by ``python studies/run.py
     <name>``), or a line saying how to make it: the notebooks cite the evidence for their presets."""
-    path = REPO / "studies" / "results" / f"{name}.md"
+    path = STUDY_RESULTS / f"{name}.md"
     if path.is_file():
         return path.read_text()
     return f"*{path.relative_to(REPO)} not found: run `python studies/run.py {name}` from the project's root.*"
+
+
+def study_results(name: str) -> dict:
+    """The per-variant results of ``studies/results/<name>.json`` (settings and per-sequence
+    J&F), or ``{}`` when the study has not been run."""
+    path = STUDY_RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def notebook_paths(only=None) -> list[Path]:
@@ -138,7 +148,7 @@ def _record(manifest_path: Path, scale: str, versions: dict, name: str, entry: d
 
 
 def publish(run_dir: Path, readme: Path = REPO / "README.md", figures: Path = REPO / "figures",
-            studies: Path = REPO / "studies" / "results") -> list[str]:
+            studies: Path = STUDY_RESULTS) -> list[str]:
     """Copy a run's results tables into the README's marked blocks and its figures to figures/;
     with a ``small`` run, also the study tables of ``studies/results`` (blocks ``study/<name>``)."""
     run_dir = Path(run_dir)

@@ -28,6 +28,7 @@ from stt.data import DAVIS, data_root  # noqa: E402
 from stt.evaluate import evaluate_davis, per_sequence_jf  # noqa: E402
 from stt.metrics import bootstrap_ci, paired_difference  # noqa: E402
 from stt.recipes import LOCAL_CROP_SCALE, MOCO_CROP_SCALE, train_spatial, train_temporal  # noqa: E402
+from stt.runner import STUDY_RESULTS, study_results  # noqa: E402
 
 RUNS = REPO / "runs" / "studies"
 def step1_checkpoint(name: str) -> Path:
@@ -166,10 +167,10 @@ def main(argv=None) -> int:
     ref, variants = STUDIES[a.study]
     ds = DAVIS(data_root() / "DAVIS2016" if (data_root() / "DAVIS2016").is_dir() else None)
     sequences = ds.names[: a.sequences] if a.sequences else ds.names
-    out_dir = REPO / "studies" / "results"
+    out_dir = STUDY_RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{a.study}.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
+    results = study_results(a.study)
     for name, (recipe, settings) in variants.items():
         if (a.only and name not in a.only.split(",")) or a.table_only:
             continue
