@@ -160,7 +160,8 @@ class MoCo(nn.Module):
         return self.encoder_q.state_dict()
 
     def checkpoint_meta(self) -> dict:
-        return {"kind": "moco", "arch": self.encoder_q.arch, "input": self.encoder_q.input_space}
+        return {"kind": "moco", "arch": self.encoder_q.arch, "input": self.encoder_q.input_space,
+                "variant": self.encoder_q.variant}
 
 
 class STT(nn.Module):

@@ -96,6 +96,27 @@ def default_video_data() -> Path:
     return make_synthetic_videos(cache_dir() / "synthetic-videos")
 
 
+def default_image_data() -> Path:
+    """Still images for STT step 1, the first that exists: ``$STT_DATA/ImageNet/train``,
+    ``$STT_DATA/ImageNet_sample/train`` (both the ImageNet-train layout), else the frames of the
+    training videos (:func:`default_video_data`). Says which."""
+    for sub in ("ImageNet/train", "ImageNet_sample/train"):
+        folder = data_root() / sub
+        if folder.is_dir():
+            print(f"step 1 trains on the still photographs of {folder}")
+            return folder
+    videos = default_video_data()
+    print(f"no still-image folder at {data_root() / 'ImageNet/train'} or {data_root() / 'ImageNet_sample/train'}: "
+          f"step 1 trains on the frames of the videos in {videos} (the paper's step 1 sees ImageNet photographs)")
+    return videos
+
+
+def seed_model_init(s: dict) -> None:
+    """Seed the global generator from the run's seed before a model is built, so that ``seed``
+    fixes the initial weights too (not only the data order and augmentations)."""
+    torch.manual_seed(s.get("seed", TrainConfig.seed))
+
+
 def _settings(presets: dict, common: dict, config: str, overrides: dict) -> dict:
     if config not in presets:
         raise ValueError(f"unknown config {config!r}: expected one of {sorted(presets)}")
@@ -118,17 +139,19 @@ def _train_config(s: dict, lr: float, extra_keys) -> TrainConfig:
 
 
 def train_spatial(data=None, out="runs/spatial", config: str = "small", progress: bool = True, **overrides) -> Path:
-    """STT step 1: MoCo v2 on still images (frames of unlabelled videos, or an image folder).
+    """STT step 1: MoCo v2 on still images: an image folder (ImageNet layout), or the frames of
+    unlabelled videos. ``data`` None: :func:`default_image_data`.
 
     Returns the checkpoint path; its ``"encoder"`` entry is the trunk STT step 2 loads.
     """
     s = _settings(SPATIAL, SPATIAL_COMMON, config, overrides)
-    data = Path(data) if data else default_video_data()
+    data = Path(data) if data else default_image_data()
     images = StillImages(data, cache_dir() / "frames", s["fps"], s["short_side"], s["max_videos"], progress=progress)
     s["queue_size"] = moco_queue_size(s["queue_size"], len(images), s["max_queue_fraction"],
                                       preset=overrides.get("queue_size") is None)
     if progress:
         print(f"{len(images)} training images of {images.n_instances} instances: MoCo queue of {s['queue_size']} keys")
+    seed_model_init(s)
     model = MoCo(s["arch"], s["dim"], s["queue_size"], s["momentum"], s["temperature"], s["input_space"], s["bn_splits"],
                  s["exclude_same_instance"])
     extra = set(SPATIAL_COMMON) | {"image_size", "queue_size", "bn_splits", "max_videos"}
@@ -181,6 +204,7 @@ def train_temporal(data=None, out="runs/temporal", config: str = "small", init=N
                          progress=progress)
     clips = FrameClips(videos, n_frames=2, gap=s["gap"], size=s["image_size"],
                        on_device=device_augment(s["augment"], s.get("device", "auto")), drop_static=s["drop_static"])
+    seed_model_init(s)
     model = STT(s["arch"], trunk_from_checkpoint(init) if init else None,
                 trunk_from_checkpoint(teacher) if s["gcd"] else None, s["pyramid"], s["lcd"], s["gcd"],
                 s["lcd_keep"], (s["radius4"], s["radius8"]), s["teacher_temperature"], s["w_lcd"], s["w_gcd"])
@@ -288,6 +312,7 @@ def train_corrflow(data=None, out="runs/corrflow", config: str = "small", centro
         centroids = color_clusters(videos, s["n_colors"], s["kmeans_frames"], s.get("seed", 0),
                                    device=resolve_device(device), progress=progress)
     eps = (s["eps_start"], s["eps_end"]) if s["scheduled_sampling"] else (1.0, 1.0)  # off: always frame 1's truth
+    seed_model_init(s)
     model = CorrFlow(centroids, s["radius"], s["steps"], eps, s["long_weight"],
                      s["drop_prob"] if s["bottleneck"] else 0.0, s["jitter_prob"] if s["bottleneck"] else 0.0,
                      s["cycles"])

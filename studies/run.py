@@ -24,7 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stt.data import DAVIS, data_root  # noqa: E402
+from stt.data import DAVIS, data_path, data_root  # noqa: E402
 from stt.evaluate import evaluate_davis, per_sequence_jf  # noqa: E402
 from stt.metrics import bootstrap_ci, paired_difference  # noqa: E402
 from stt.recipes import LOCAL_CROP_SCALE, MOCO_CROP_SCALE, train_spatial, train_temporal  # noqa: E402
@@ -113,6 +113,15 @@ STUDIES = {
                                                  teacher="step1:local-crops")),
         **BASELINES,
     }),
+    # Issue 20: step 1 on still photographs ($STT_DATA/ImageNet_sample/train, 5,925 ImageNet
+    # images), the paper's design, against step 1 on frames of the training videos (the earlier
+    # small preset). "data" is a folder under $STT_DATA; without it, the recipe's default.
+    "photos": ("moco-crops", {
+        "moco-crops": ("spatial", dict(steps=600, crop_scale=MOCO_CROP_SCALE)),
+        "local-crops": ("spatial", dict(steps=600, crop_scale=LOCAL_CROP_SCALE)),
+        "video-frames": ("spatial", dict(steps=600, crop_scale=LOCAL_CROP_SCALE, data="videos")),
+        **BASELINES,
+    }),
 }
 
 
@@ -126,11 +135,12 @@ def run_variant(study: str, name: str, recipe: str, settings: dict, sequences: l
         evaluate_davis(davis, kw["model"], out / evals, short_side=240, sequences=sequences, progress=False)
         return {"settings": kw, "recipe": recipe, "train_seconds": 0, "final_loss": None,
                 "jf": per_sequence_jf(out / evals)}
+    data = data_path(kw.pop("data", None))
     if recipe == "spatial":
-        ckpt = train_spatial(None, out, "small", progress=False, **kw)
+        ckpt = train_spatial(data, out, "small", progress=False, **kw)
     else:
         init, teacher = kw.pop("init", None), kw.pop("teacher", None)
-        ckpt = train_temporal(None, out, "small", init=step1_checkpoint(init) if init else None,
+        ckpt = train_temporal(data, out, "small", init=step1_checkpoint(init) if init else None,
                               teacher=step1_checkpoint(teacher) if teacher else None, progress=False, **kw)
     train_s = time.time() - t0
     evaluate_davis(davis, str(ckpt), out / evals, short_side=240, sequences=sequences, progress=False)
