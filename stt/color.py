@@ -95,6 +95,16 @@ def rgb_to_normalized_lab(rgb: torch.Tensor) -> torch.Tensor:
     return normalize_lab(rgb_to_lab(rgb))
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def rgb_to_imagenet(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB [0, 1] -> ``(rgb - mean) / std`` with ImageNet's statistics: the input of torchvision
+    and MoCo ImageNet checkpoints (and of the official STT's RGB GCD teacher)."""
+    return (rgb - _channel_view(torch.tensor(IMAGENET_MEAN), rgb)) / _channel_view(torch.tensor(IMAGENET_STD), rgb)
+
+
 # ---------------------------------------------------------------------------- CorrFlow quantisation
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .color import rgb_to_normalized_lab
+from .color import rgb_to_imagenet, rgb_to_normalized_lab
 
 VARIANTS = {
     "train": dict(strides=(1, 2, 2, 4), stem_pool=None),
@@ -33,6 +33,12 @@ VARIANTS = {
     "imagenet": dict(strides=(1, 2, 2, 2), stem_pool="max"),
 }
 LEVELS = ("layer1", "layer2", "layer3", "layer4")
+# What an encoder's input is, computed from RGB in [0, 1] by :meth:`ResNetEncoder.preprocess`.
+INPUT_SPACES = {
+    "lab": rgb_to_normalized_lab,  # STT: Lab normalised by (50, 0, 0) / (50, 127, 127)
+    "rgb-imagenet": rgb_to_imagenet,  # torchvision / MoCo ImageNet checkpoints
+    "rgb": lambda rgb: rgb,  # RGB in [0, 1] (CorrFlow)
+}
 
 
 def _set_stage_stride(stage: nn.Sequential, stride: int) -> None:
@@ -52,8 +58,9 @@ class ResNetEncoder(nn.Module):
     Args:
         arch: ``"resnet18"`` or ``"resnet50"`` (paper: both).
         variant: one of :data:`VARIANTS` (default ``"stride8"``, the STT test-time encoder).
-        input_space: ``"lab"`` (STT: normalised Lab, SPEC section 1) or ``"rgb"`` (CorrFlow:
-            RGB in [0, 1]); used by :meth:`preprocess`.
+        input_space: one of :data:`INPUT_SPACES`: ``"lab"`` (STT: normalised Lab, SPEC section
+            1), ``"rgb-imagenet"`` (torchvision / MoCo ImageNet models) or ``"rgb"`` (RGB in
+            [0, 1]); used by :meth:`preprocess`.
     """
 
     def __init__(self, arch: str = "resnet18", variant: str = "stride8", input_space: str = "lab"):
@@ -62,6 +69,8 @@ class ResNetEncoder(nn.Module):
             raise ValueError(f"unknown arch {arch!r}: expected resnet18 or resnet50")
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}: expected one of {sorted(VARIANTS)}")
+        if input_space not in INPUT_SPACES:
+            raise ValueError(f"unknown input space {input_space!r}: expected one of {sorted(INPUT_SPACES)}")
         base = getattr(torchvision.models, arch)(weights=None)
         self.arch, self.variant, self.input_space = arch, variant, input_space
         self.conv1, self.bn1, self.relu = base.conv1, base.bn1, base.relu
@@ -95,7 +104,7 @@ class ResNetEncoder(nn.Module):
 
     def preprocess(self, rgb: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1] (B x 3 x H x W) -> the encoder's input space."""
-        return rgb_to_normalized_lab(rgb) if self.input_space == "lab" else rgb
+        return INPUT_SPACES[self.input_space](rgb)
 
     def forward(self, x: torch.Tensor, levels=("layer3",)) -> dict[str, torch.Tensor]:
         """Run the trunk on preprocessed input, stopping after the deepest requested level."""
@@ -174,6 +183,32 @@ def infer_arch(sd: dict[str, torch.Tensor]) -> str:
     return "resnet50" if "layer1.0.conv3.weight" in sd else "resnet18"
 
 
+# The stride variant each kind of checkpoint was trained as (SPEC sections 1-3): MoCo and
+# torchvision train the plain ResNet, the STT student the step-2 trunk.
+TRAINED_VARIANT = {"moco": "imagenet", "stt": "train", "trunk": "imagenet"}
+
+
+def trained_as(ckpt: dict) -> tuple[str, str]:
+    """(variant, input space) a checkpoint's trunk was trained with: recorded in this project's
+    ``meta``; a file without it (torchvision, MoCo) is a plain ResNet on ImageNet-normalised RGB."""
+    meta = ckpt.get("meta", {}) if isinstance(ckpt, dict) else {}
+    if not meta:
+        return "imagenet", "rgb-imagenet"
+    return meta.get("variant", TRAINED_VARIANT.get(meta.get("kind"), "imagenet")), meta.get("input", "lab")
+
+
+def trunk_encoder(ckpt: dict, source: str = "checkpoint", variant: str | None = None,
+                  input_space: str | None = None) -> ResNetEncoder:
+    """The ResNet trunk of a loaded checkpoint, run as ``variant`` on ``input_space`` (each by
+    default as the checkpoint was trained: :func:`trained_as`). Arch from the meta or the keys."""
+    trained_variant, trained_input = trained_as(ckpt)
+    sd = extract_encoder_state(ckpt, source=source)
+    meta = ckpt.get("meta", {}) if isinstance(ckpt, dict) else {}
+    enc = ResNetEncoder(meta.get("arch", infer_arch(sd)), variant or trained_variant, input_space or trained_input)
+    load_encoder_state(enc, sd, source=source)
+    return enc
+
+
 def file_digest(path: str | Path, n: int = 16) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -221,11 +256,13 @@ def load_checkpoint(path: str | Path) -> dict:
         raise ValueError(f"{path}: cannot be read as a PyTorch checkpoint ({exc})") from exc
 
 
-def build_feature_model(spec: str, variant: str = "stride8", seed: int = 0) -> tuple[nn.Module, dict]:
+def build_feature_model(spec: str, variant: str = "stride8", seed: int = 0,
+                        input_space: str | None = None) -> tuple[nn.Module, dict]:
     """Build a test-time feature model from a name or a checkpoint path.
 
     ``spec`` is ``"lab"``, ``"random-r18"`` / ``"random-r50"`` (seeded torchvision init) or a
-    checkpoint path (this project's, torchvision's or MoCo's format). Returns the model (eval
+    checkpoint path (this project's, torchvision's or MoCo's format), fed ``input_space``
+    (default: the one it was trained on, :func:`trained_as`). Returns the model (eval
     mode) and a description dict: "name" for display, the rest (the file's digest for
     checkpoints) identifies the weights and keys cached results.
     """
@@ -245,8 +282,6 @@ def build_feature_model(spec: str, variant: str = "stride8", seed: int = 0) -> t
         enc = CorrFlowEncoder()
         load_encoder_state(enc, ckpt["encoder"], source=str(spec))
         return enc.eval(), {"name": name, "kind": "corrflow", "file": file_digest(spec)}
-    sd = extract_encoder_state(ckpt, source=str(spec))
-    enc = ResNetEncoder(meta.get("arch", infer_arch(sd)), variant, meta.get("input", "lab"))
-    load_encoder_state(enc, sd, source=str(spec))
+    enc = trunk_encoder(ckpt, str(spec), variant, input_space)
     return TrunkFeatures(enc).eval(), {"name": name, "kind": meta.get("kind", "trunk"), "variant": variant,
-                                       "file": file_digest(spec)}
+                                       "input": enc.input_space, "file": file_digest(spec)}
