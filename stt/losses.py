@@ -88,58 +88,88 @@ def pool_fine_affinity(a4: torch.Tensor, r4: int, r8: int) -> torch.Tensor:
     return (out / 16).reshape(B, H4 // 2, W4 // 2, D8 * D8)
 
 
-def uncertainty(corr: torch.Tensor) -> torch.Tensor:
+def uncertainty(corr: torch.Tensor, zero_padded: bool = True) -> torch.Tensor:
     """``U(q) = sum_d -log(P_d(q) + 1e-12)`` with P the softmax of the raw correlation over the
-    window (corr B x h x w x D, -inf outside the map; only positions inside the map count)."""
+    (2R+1)^2 window displacements (corr B x h x w x D, -inf where q + d is outside the map).
+
+    ``zero_padded`` (official, mmcv ``Correlation``): a displacement outside the map has
+    correlation 0 and takes part in the softmax and the sum. False: only the displacements inside
+    the map count (this project's earlier form, kept for the ablation)."""
+    if zero_padded:
+        p = corr.masked_fill(torch.isneginf(corr), 0.0).softmax(-1)
+        return -torch.log(p + 1e-12).sum(-1)
     valid = torch.isfinite(corr)
-    p = corr.softmax(-1)
-    return (-torch.log(p + 1e-12) * valid).sum(-1)
+    return (-torch.log(corr.softmax(-1) + 1e-12) * valid).sum(-1)
 
 
-def uncertainty_mask(u: torch.Tensor, keep: float | None) -> torch.Tensor:
-    """Keep the pixels whose U is above the value at position ``keep`` of the descending sort of
-    each sample's flattened map (keep = 0.7 keeps the ~70 % most uncertain; None keeps all).
-    The official release thresholds each row separately (a bug); this is the intended version."""
+LCD_THRESHOLDS = ("flattened", "per-column")
+
+
+def uncertainty_mask(u: torch.Tensor, keep: float | None, threshold: str = "flattened") -> torch.Tensor:
+    """The pixels LCD supervises (u: B x h x w): ``U > value at position int(keep N) - 1 of the
+    descending sort``, so keep = 0.7 keeps the ~70 % most uncertain; None keeps all.
+
+    ``threshold``: ``"flattened"`` (intended, the authors' earlier vcl code): the sort runs over
+    each sample's whole flattened map, N = h w. ``"per-column"`` (the official release, a bug): the
+    map is never flattened, so the sort runs along each row, N = w, and row ``int(keep w) - 1`` of
+    the row-sorted map becomes a per-column threshold (pixel (i, j) is kept when U(i, j) exceeds
+    the j-th largest value of that row), keeping a varying share of each column."""
     if keep is None:
         return torch.ones_like(u, dtype=torch.bool)
+    if threshold == "per-column":
+        k = min(max(int(keep * u.shape[-1]) - 1, 0), u.shape[-2] - 1)
+        return u > u.sort(dim=-1, descending=True).values[:, k : k + 1]  # B x 1 x w: one threshold per column
+    if threshold != "flattened":
+        raise ValueError(f"unknown LCD threshold {threshold!r}: expected one of {LCD_THRESHOLDS}")
     flat = u.flatten(1)
-    k = min(int(keep * flat.shape[1]), flat.shape[1] - 1)
+    k = max(int(keep * flat.shape[1]) - 1, 0)
     thr = flat.sort(dim=1, descending=True).values[:, k]
     return u > thr.view(-1, *([1] * (u.dim() - 1)))
 
 
 def local_correlation_distillation(a8: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                                    valid: torch.Tensor | None = None) -> torch.Tensor:
-    """LCD: ``sum(mask (A8 - T)^2) / sum(mask)`` where the mask selects the window entries (inside
-    the map: ``valid``, B x h x w x D) of the uncertain pixels (``mask``, B x h x w) — the dense
-    formulation's query mask times window mask."""
-    m = mask[..., None].expand_as(a8)
+    """LCD, the official loss: ``sum(W (A8 - T)^2) / sum(W)``, both sums over the dense
+    B x HW x HW query-by-reference grid of the /8 map, with ``W[q, p] = mask(q)`` for every
+    reference p (the query mask repeated over all HW positions): the normaliser is
+    (masked queries) x HW. Outside the window A8 and T are both 0, so the numerator needs only
+    the window entries: a8, target B x h x w x D (window), mask B x h x w.
+
+    ``valid`` (B x h x w x D, optional): normalise by the masked window entries inside the map
+    instead, this project's earlier form (about 2x larger at 128 px, 7.5x at 256), kept for the
+    ablation."""
+    sq = mask[..., None] * (a8 - target.detach()) ** 2  # B x h x w x D
     if valid is not None:
-        m = m & valid
-    m = m.float()
-    return (m * (a8 - target.detach()) ** 2).sum() / m.sum().clamp(min=1)
+        return (sq * valid).sum() / (mask[..., None] & valid).sum().clamp(min=1)
+    B, h, w, _ = a8.shape
+    return sq.sum() / (mask.sum() * (h * w)).clamp(min=1)
 
 
 def stt_losses_dense_reference(f4r, f4t, f8r, f8t, y_ref, y_tar, r4=12, r8=6, lcd_keep=0.7, s4r=None, s4t=None,
                                t4r=None, t4t=None, teacher_temperature=0.07) -> dict:
-    """STT step 2's losses in the dense formulation of the official code: B x HW x HW affinities
-    with a dense window mask, reconstruction by matrix product, LCD target by average-pooling the
-    dense /4 affinity over both grids. For tests (equality with the windowed form) and the memory
-    benchmark; never used for training.
+    """STT step 2's losses in the dense formulation of the official code, written from SPEC
+    section 3 without this module's windowed functions: B x HW x HW affinities with a dense
+    window mask, reconstruction by matrix product, the LCD target by average-pooling the dense /4
+    affinity over both grids, the uncertainty from the zero-padded correlation, the query mask
+    repeated over all HW reference positions. For tests (equality with the windowed form) and the
+    memory benchmark; never used for training.
 
     f4*, f8*: /4 and /8 features of reference and target (B x C x h x w); y_*: B x 1 x S x S.
     s4*/t4*: student/teacher layer4 features for GCD (optional).
     """
-    from .affinity import dense_window_mask
-
     out = {}
     S = y_tar.shape[-1]
+
+    def window(h, w, R, device):  # HW x HW: |p - q|_inf <= R
+        y, x = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+        y, x = y.flatten(), x.flatten()
+        return ((y[:, None] - y[None]).abs() <= R) & ((x[:, None] - x[None]).abs() <= R)
 
     def dense_aff(t, r, R):
         B, C, h, w = t.shape
         corr = torch.einsum("bcq,bcp->bqp", t.flatten(2), r.flatten(2))  # B x HW x HW
-        mask = dense_window_mask(h, w, R, "square").to(t.device)
-        return corr.masked_fill(~mask, float("-inf")), (corr / C**0.5).masked_fill(~mask, float("-inf")).softmax(-1), mask
+        mask = window(h, w, R, t.device)
+        return corr, (corr / C**0.5).masked_fill(~mask, float("-inf")).softmax(-1)
 
     def rec(a, t, stride):
         B, _, h, w = t.shape
@@ -148,20 +178,31 @@ def stt_losses_dense_reference(f4r, f4t, f8r, f8t, y_ref, y_tar, r4=12, r8=6, lc
         up = F.interpolate(y_hat, size=(S, S), mode="bilinear", align_corners=False)
         return F.smooth_l1_loss(20 * up, 20 * y_tar)
 
-    _, a4, _ = dense_aff(f4t, f4r, r4)
-    c8, a8, mask8 = dense_aff(f8t, f8r, r8)
+    _, a4 = dense_aff(f4t, f4r, r4)
+    c8, a8 = dense_aff(f8t, f8r, r8)
     out["rec4"] = rec(a4, f4t, S // f4t.shape[-1])
     out["rec8"] = rec(a8, f8t, S // f8t.shape[-1])
     B, _, h4, w4 = f4t.shape
+    _, _, h8, w8 = f8t.shape
     pooled = F.avg_pool2d(a4.detach().view(B * h4 * w4, 1, h4, w4), 2).view(B, h4, w4, -1)  # over the reference grid
     pooled = F.avg_pool2d(pooled.permute(0, 3, 1, 2), 2).flatten(2).transpose(1, 2)  # over the query grid
-    p = c8.softmax(-1)
-    u = (-torch.log(p + 1e-12) * mask8).sum(-1)  # B x HW8
-    keep = uncertainty_mask(u, lcd_keep)
-    m = (keep[:, :, None] & mask8[None]).float()
-    out["lcd"] = (m * (a8 - pooled) ** 2).sum() / m.sum().clamp(min=1)
+    # Uncertainty: the zero-padded correlation of every displacement d of the (2 r8 + 1)^2 window.
+    pad = F.pad(f8r, (r8, r8, r8, r8))
+    corr_d = torch.stack([(f8t * pad[..., dy : dy + h8, dx : dx + w8]).sum(1)
+                          for dy in range(2 * r8 + 1) for dx in range(2 * r8 + 1)], -1)  # B x h x w x D
+    u = -torch.log(corr_d.softmax(-1) + 1e-12).sum(-1).flatten(1)  # B x HW8
+    if lcd_keep is None:
+        keep = torch.ones_like(u, dtype=torch.bool)
+    else:
+        k = int(lcd_keep * u.shape[1]) - 1
+        keep = u > u.sort(dim=1, descending=True).values[:, k : k + 1]
+    W = keep[:, :, None].float().expand(-1, -1, h8 * w8)  # B x HW x HW: the query mask over every reference
+    out["lcd"] = (W * (a8 - pooled) ** 2).sum() / W.sum().clamp(min=1)
     if s4t is not None:
-        out["gcd"] = global_correlation_distillation(s4t, s4r, t4t, t4r, teacher_temperature)
+        C = s4t.shape[1]
+        gs = torch.einsum("bcq,bcp->bqp", s4t.flatten(2), s4r.flatten(2)).div(C**0.5).softmax(-1)
+        gt = torch.einsum("bcq,bcp->bqp", t4t.flatten(2), t4r.flatten(2)).div(teacher_temperature).softmax(-1)
+        out["gcd"] = ((gs - gt) ** 2).mean()
     return out
 
 

@@ -15,8 +15,9 @@ from torch import nn
 from .affinity import local_correlation
 from .augment import color_jitter
 from .color import quantize_ab, rgb_to_lab, rgb_to_normalized_lab
-from .encoder import ResNetEncoder, load_encoder_state
+from .encoder import LEVELS, ResNetEncoder, load_encoder_state, trunk_encoder
 from .losses import (
+    LCD_THRESHOLDS,
     corrflow_nll,
     global_correlation_distillation,
     info_nce,
@@ -177,32 +178,57 @@ class STT(nn.Module):
     Args:
         arch: ``resnet18`` / ``resnet50``; the student uses the ``train`` stride variant.
         init: trunk state_dict to start from (step 1), or None (random init: temporal-only).
-        teacher: trunk state_dict of the frozen step-1 teacher for GCD (required if ``gcd``).
+        teacher: the frozen GCD teacher (required if ``gcd``): a checkpoint (this project's,
+            torchvision's or MoCo's, :func:`stt.encoder.trunk_encoder`) or a trunk state_dict;
+            its architecture comes from its keys (an R50 teacher can distil into an R18 student).
+        teacher_variant, teacher_input: how the teacher runs; None (default): as its checkpoint
+            was trained (step 1: the plain ResNet, stem max-pool and strides 1,2,2,2, on the
+            input space step 1 saw), as the official code runs its teacher. ``"train"`` /
+            ``"lab"``: this project's earlier choice (the student's step-2 trunk on Lab), kept for
+            the ablation. Both give a /32 layer4 (8 x 8 cells at 256 px).
         pyramid: add the /8 reconstruction [on]. lcd: local correlation distillation [on].
         gcd: global correlation distillation [on]. lcd_keep: uncertainty threshold T [0.7; None
             keeps all pixels]. radii: (R/4, R/8) [(12, 6)]. teacher_temperature [0.07].
         w_lcd, w_gcd: loss weights [1000, 50].
+        lcd_form: ``"official"`` (normalised by masked queries x HW, zero-padded uncertainty,
+            SPEC section 3) or ``"windowed"`` (this project's earlier form: normalised by the
+            window entries inside the map, uncertainty over them; for the ablation).
+        lcd_threshold: ``"flattened"`` (intended) or ``"per-column"`` (the official release's
+            bug), see :func:`stt.losses.uncertainty_mask`.
 
-    Decision (ours): the teacher sees the full-colour Lab frames (the bottleneck is the
-    student's pretext task, not the teacher's).
+    Decision (as the official code): the teacher sees the full-colour frames (the bottleneck is
+    the student's pretext task, not the teacher's).
+
+    Stages deeper than the losses use (layer4 without GCD; layer3 too without the /8 level) get
+    no gradient: they are frozen, so DDP does not wait for their gradients (the evaluation uses
+    layer3).
     """
 
     def __init__(self, arch: str = "resnet18", init: dict | None = None, teacher: dict | None = None,
                  pyramid: bool = True, lcd: bool = True, gcd: bool = True, lcd_keep: float | None = 0.7,
-                 radii=(12, 6), teacher_temperature: float = 0.07, w_lcd: float = 1000.0, w_gcd: float = 50.0):
+                 radii=(12, 6), teacher_temperature: float = 0.07, w_lcd: float = 1000.0, w_gcd: float = 50.0,
+                 teacher_variant: str | None = None, teacher_input: str | None = None, lcd_form: str = "official",
+                 lcd_threshold: str = "flattened"):
         super().__init__()
+        if lcd_form not in ("official", "windowed"):
+            raise ValueError(f"unknown lcd_form {lcd_form!r}: expected official or windowed")
+        if lcd_threshold not in LCD_THRESHOLDS:
+            raise ValueError(f"unknown lcd_threshold {lcd_threshold!r}: expected one of {LCD_THRESHOLDS}")
         self.encoder = ResNetEncoder(arch, "train", "lab")
         if init is not None:
             load_encoder_state(self.encoder, init, "step-1 initialisation")
         self.pyramid, self.lcd, self.gcd, self.lcd_keep = pyramid, lcd, gcd, lcd_keep
+        self.lcd_form, self.lcd_threshold = lcd_form, lcd_threshold
         self.r4, self.r8 = radii
         self.tt, self.w_lcd, self.w_gcd = teacher_temperature, w_lcd, w_gcd
+        self.levels = ("layer2",) + (("layer3",) if pyramid or lcd else ()) + (("layer4",) if gcd else ())
+        for name in LEVELS[LEVELS.index(self.levels[-1]) + 1:]:
+            getattr(self.encoder, name).requires_grad_(False)
         self.teacher = None
         if gcd:
             if teacher is None:
-                raise ValueError("GCD needs the step-1 teacher (teacher=state_dict), or gcd=False")
-            self.teacher = ResNetEncoder(arch, "train", "lab")
-            load_encoder_state(self.teacher, teacher, "step-1 teacher")
+                raise ValueError("GCD needs the step-1 teacher (teacher=checkpoint), or gcd=False")
+            self.teacher = trunk_encoder(teacher, "step-1 teacher", teacher_variant, teacher_input)
             self.teacher.eval()
             for p in self.teacher.parameters():
                 p.requires_grad = False
@@ -223,11 +249,11 @@ class STT(nn.Module):
         B = batch.shape[0]
         lab = rgb_to_normalized_lab(batch)  # B x 2 x 3 x S x S
         x, ch = lab_channel_dropout(lab, gen)
-        levels = ("layer2", "layer3") + (("layer4",) if self.gcd else ())
-        f = self.encoder(x.flatten(0, 1), levels=levels)  # frames interleaved: ref, tar, ref, ...
+        f = self.encoder(x.flatten(0, 1), levels=self.levels)  # frames interleaved: ref, tar, ref, ...
         if self.gcd:  # in fp32: GCD's teacher temperature (0.07) magnifies bf16 rounding of its features
             with torch.no_grad(), full_precision(lab):
-                teacher = self.teacher(lab.flatten(0, 1), levels=("layer4",))["layer4"]
+                rgb = batch.flatten(0, 1).float()
+                teacher = self.teacher(self.teacher.preprocess(rgb), levels=("layer4",))["layer4"]
         with full_precision(x):
             f = {k: v.float().contiguous() for k, v in f.items()}
             return self.losses(f, lab, ch, B, batch.shape[-1], teacher.float() if self.gcd else None)
@@ -235,21 +261,23 @@ class STT(nn.Module):
     def losses(self, f: dict, lab: torch.Tensor, ch: int, B: int, S: int, teacher: torch.Tensor | None) -> dict:
         """The losses from the student's features ``f`` (frames interleaved) and the teacher's."""
         split = lambda t: (t.view(B, 2, *t.shape[1:])[:, 0], t.view(B, 2, *t.shape[1:])[:, 1])  # noqa: E731
-        (r4, t4), (r8, t8) = split(f["layer2"]), split(f["layer3"])
+        r4, t4 = split(f["layer2"])
         y_ref, y_tar = lab[:, 0, ch : ch + 1], lab[:, 1, ch : ch + 1]  # the dropped channel, undropped
         out = {}
         _, a4 = self.affinities(t4, r4, self.r4)
         out["rec4"] = reconstruction_loss(a4, y_ref, y_tar, self.r4, S // r4.shape[-1])
         loss = out["rec4"]
         if self.pyramid or self.lcd:
+            r8, t8 = split(f["layer3"])
             c8, a8 = self.affinities(t8, r8, self.r8)
         if self.pyramid:
             out["rec8"] = reconstruction_loss(a8, y_ref, y_tar, self.r8, S // r8.shape[-1])
             loss = loss + out["rec8"]
         if self.lcd:
+            official = self.lcd_form == "official"
             target = pool_fine_affinity(a4.detach(), self.r4, self.r8)
-            mask = uncertainty_mask(uncertainty(c8.detach()), self.lcd_keep)
-            out["lcd"] = local_correlation_distillation(a8, target, mask, torch.isfinite(c8))
+            mask = uncertainty_mask(uncertainty(c8.detach(), zero_padded=official), self.lcd_keep, self.lcd_threshold)
+            out["lcd"] = local_correlation_distillation(a8, target, mask, None if official else torch.isfinite(c8))
             loss = loss + self.w_lcd * out["lcd"]
         if self.gcd:
             s_ref, s_tar = split(f["layer4"])
@@ -263,8 +291,11 @@ class STT(nn.Module):
         return self.encoder.state_dict()
 
     def checkpoint_meta(self) -> dict:
-        return {"kind": "stt", "arch": self.encoder.arch, "input": "lab",
-                "flags": {"pyramid": self.pyramid, "lcd": self.lcd, "gcd": self.gcd, "lcd_keep": self.lcd_keep}}
+        teacher = None if self.teacher is None else {"arch": self.teacher.arch, "variant": self.teacher.variant,
+                                                        "input": self.teacher.input_space}
+        return {"kind": "stt", "arch": self.encoder.arch, "input": "lab", "variant": "train",
+                "flags": {"pyramid": self.pyramid, "lcd": self.lcd, "gcd": self.gcd, "lcd_keep": self.lcd_keep,
+                          "lcd_form": self.lcd_form, "lcd_threshold": self.lcd_threshold, "teacher": teacher}}
 
 
 class CorrFlowEncoder(nn.Module):

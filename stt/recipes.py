@@ -181,7 +181,11 @@ TEMPORAL = {
 TEMPORAL_COMMON = dict(arch="resnet18", optimizer="adam", lr=1e-4, weight_decay=0.0, min_lr_ratio=0.001,
                        fps=6.0, short_side=256, cache="auto", augment="auto", gap=1, drop_static=0.0,
                        pyramid=True, lcd=True, gcd=True, lcd_keep=0.7,
-                       radius4=12, radius8=6, teacher_temperature=0.07, w_lcd=1000.0, w_gcd=50.0)
+                       radius4=12, radius8=6, teacher_temperature=0.07, w_lcd=1000.0, w_gcd=50.0,
+                       # the GCD teacher runs as its checkpoint was trained ("checkpoint"), or as
+                       # the named variant / on the named input space (see stt.models.STT)
+                       teacher_variant="checkpoint", teacher_input="checkpoint",
+                       lcd_form="official", lcd_threshold="flattened")
 
 
 def trunk_from_checkpoint(path) -> dict:
@@ -205,9 +209,11 @@ def train_temporal(data=None, out="runs/temporal", config: str = "small", init=N
     clips = FrameClips(videos, n_frames=2, gap=s["gap"], size=s["image_size"],
                        on_device=device_augment(s["augment"], s.get("device", "auto")), drop_static=s["drop_static"])
     seed_model_init(s)
+    as_trained = lambda v: None if v == "checkpoint" else v  # noqa: E731
     model = STT(s["arch"], trunk_from_checkpoint(init) if init else None,
-                trunk_from_checkpoint(teacher) if s["gcd"] else None, s["pyramid"], s["lcd"], s["gcd"],
-                s["lcd_keep"], (s["radius4"], s["radius8"]), s["teacher_temperature"], s["w_lcd"], s["w_gcd"])
+                load_checkpoint(teacher) if s["gcd"] else None, s["pyramid"], s["lcd"], s["gcd"],
+                s["lcd_keep"], (s["radius4"], s["radius8"]), s["teacher_temperature"], s["w_lcd"], s["w_gcd"],
+                as_trained(s["teacher_variant"]), as_trained(s["teacher_input"]), s["lcd_form"], s["lcd_threshold"])
     extra = set(TEMPORAL_COMMON) | {"image_size", "max_videos"}
     cfg = _train_config(s, s["lr"], extra_keys=extra)
     cfg.extra.update(init=str(init) if init else None, teacher=str(teacher) if s["gcd"] else None)
