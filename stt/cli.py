@@ -71,6 +71,9 @@ def cmd_train_temporal(a) -> int:
         kw.update(gcd=False)
     if a.lcd_threshold:
         kw["lcd_keep"] = keep
+    for name in ("teacher_variant", "teacher_input", "lcd_form", "lcd_sort"):
+        if getattr(a, name):
+            kw["lcd_threshold" if name == "lcd_sort" else name] = getattr(a, name)
     init = None if a.temporal_only else a.init
     ck = train_temporal(a.data, a.out, a.config, init=init, teacher=a.teacher, **kw)
     print(f"checkpoint: {ck}")
@@ -212,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--no-gcd", action="store_true", help="ablation: no global correlation distillation")
     tp.add_argument("--lcd-threshold", default=None, choices=("0.3", "0.5", "0.7", "none"),
                     help="LCD uncertainty threshold T [0.7]")
+    tp.add_argument("--teacher-variant", default=None, choices=("checkpoint", "imagenet", "train"),
+                    help="how the GCD teacher runs [checkpoint: as step 1 trained it; train: the student's trunk]")
+    tp.add_argument("--teacher-input", default=None, choices=("checkpoint", "lab", "rgb-imagenet", "rgb"),
+                    help="the GCD teacher's input space [checkpoint: the one it was trained on]")
+    tp.add_argument("--lcd-form", default=None, choices=("official", "windowed"),
+                    help="LCD normaliser and uncertainty [official; windowed: this project's earlier form]")
+    tp.add_argument("--lcd-sort", default=None, choices=("flattened", "per-column"),
+                    help="LCD threshold over the flattened map [flattened] or the release's per-column bug")
     tp.set_defaults(func=cmd_train_temporal)
 
     cf = trs.add_parser("corrflow", help="CorrFlow: colour pointer with bottleneck, scheduled sampling, cycles")

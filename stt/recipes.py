@@ -16,7 +16,7 @@ from .color import kmeans, rgb_to_lab
 from .data import FrameClips, StillImages, TwoViews, VideoFrames, cache_dir, data_root
 from .encoder import extract_encoder_state, load_checkpoint
 from .models import STT, CorrFlow, MoCo
-from .train import TrainConfig, Trainer, resolve_device
+from .train import TrainConfig, Trainer, distributed_env, resolve_device
 
 # STT step 1 = MoCo v2 (SPEC section 2). lr = 0.03 x batch / 256. queue_size "auto": sized from
 # the data (:func:`moco_queue_size`); the papers' 65,536 is 5 % of ImageNet's 1.28 M images.
@@ -31,7 +31,8 @@ SPATIAL = {
                   warmup_steps=30, log_every=10, ckpt_every=100, num_workers=1, crop_scale=LOCAL_CROP_SCALE),
     "gpu": dict(steps=2000, batch_size=256, image_size=160, queue_size="auto", bn_splits=8, max_videos=None,
                 warmup_steps=100, log_every=20, ckpt_every=500, num_workers=12, crop_scale=LOCAL_CROP_SCALE),
-    "full": dict(steps=1_000_000, batch_size=256, image_size=224, queue_size=65536, bn_splits=1, max_videos=None,
+    # bn_splits "auto": shuffle BN over 8 groups in one process; under DDP each process is a group
+    "full": dict(steps=1_000_000, batch_size=256, image_size=224, queue_size=65536, bn_splits="auto", max_videos=None,
                  warmup_steps=0, log_every=100, ckpt_every=5000, num_workers=8),
 }
 SPATIAL_COMMON = dict(arch="resnet18", dim=128, momentum=0.999, temperature=0.2, input_space="lab",
@@ -151,6 +152,8 @@ def train_spatial(data=None, out="runs/spatial", config: str = "small", progress
                                       preset=overrides.get("queue_size") is None)
     if progress:
         print(f"{len(images)} training images of {images.n_instances} instances: MoCo queue of {s['queue_size']} keys")
+    if s["bn_splits"] == "auto":
+        s["bn_splits"] = 8 if distributed_env()[1] == 1 else 1
     seed_model_init(s)
     model = MoCo(s["arch"], s["dim"], s["queue_size"], s["momentum"], s["temperature"], s["input_space"], s["bn_splits"],
                  s["exclude_same_instance"])
@@ -178,6 +181,8 @@ TEMPORAL = {
     "full": dict(steps=800 * 3471 // 128, batch_size=128, image_size=256, max_videos=None, warmup_steps=1000,
                  log_every=50, ckpt_every=1000, num_workers=8, sync_bn=True, short_side=None),
 }
+# The paper's R50 recipe: half the R18 learning rate (5e-5), and batch 64 instead of 128 at full scale.
+R50_TEMPORAL = dict(lr_scale=0.5, full_batch_size=64)
 TEMPORAL_COMMON = dict(arch="resnet18", optimizer="adam", lr=1e-4, weight_decay=0.0, min_lr_ratio=0.001,
                        fps=6.0, short_side=256, cache="auto", augment="auto", gap=1, drop_static=0.0,
                        pyramid=True, lcd=True, gcd=True, lcd_keep=0.7,
@@ -201,6 +206,11 @@ def train_temporal(data=None, out="runs/temporal", config: str = "small", init=N
     gcd=False``. The ablation switches (``pyramid``, ``lcd``, ``gcd``, ``lcd_keep``) are settings.
     """
     s = _settings(TEMPORAL, TEMPORAL_COMMON, config, overrides)
+    if s["arch"] == "resnet50":  # the presets are R18's; the paper's R50 recipe unless set by hand
+        if overrides.get("lr") is None:
+            s["lr"] *= R50_TEMPORAL["lr_scale"]
+        if config == "full" and overrides.get("batch_size") is None:
+            s["batch_size"] = R50_TEMPORAL["full_batch_size"]
     if s["gcd"] and teacher is None:
         raise ValueError("GCD needs the step-1 teacher checkpoint (teacher=...), or gcd=False")
     data = Path(data) if data else default_video_data()

@@ -276,3 +276,24 @@ def test_same_seed_same_initial_weights_and_losses(tiny_videos, tmp_path):
     assert runs["a"]["history"][0]["loss"] == runs["b"]["history"][0]["loss"]
     assert torch.equal(runs["a"]["encoder"]["conv1.weight"], runs["b"]["encoder"]["conv1.weight"])
     assert not torch.equal(runs["a"]["encoder"]["conv1.weight"], runs["c"]["encoder"]["conv1.weight"])
+
+
+def test_full_moco_shuffles_bn_in_one_process(tiny_videos, tmp_path, monkeypatch):
+    """`full` trains MoCo with shuffle BN in one process (8 groups) and per process under DDP."""
+    from stt.recipes import train_spatial
+
+    monkeypatch.setenv("STT_CACHE", str(tmp_path / "cache"))
+    ck = train_spatial(tiny_videos, tmp_path / "moco", "full", progress=False, steps=1, batch_size=16, image_size=64,
+                       num_workers=0, device="cpu", log_every=1)
+    assert load_checkpoint(ck)["config"]["extra"]["bn_splits"] == 8
+
+
+def test_resnet50_step2_takes_the_papers_r50_learning_rate(tiny_videos, tmp_path, monkeypatch):
+    from stt.recipes import TEMPORAL_COMMON, train_temporal
+
+    monkeypatch.setenv("STT_CACHE", str(tmp_path / "cache"))
+    kw = dict(progress=False, steps=1, gcd=False, device="cpu", image_size=64)
+    ck = train_temporal(tiny_videos, tmp_path / "r50", "smoke", arch="resnet50", **kw)
+    assert load_checkpoint(ck)["config"]["lr"] == pytest.approx(0.5 * TEMPORAL_COMMON["lr"])  # 5e-5, SPEC section 3
+    ck = train_temporal(tiny_videos, tmp_path / "r50-lr", "smoke", arch="resnet50", lr=3e-4, **kw)
+    assert load_checkpoint(ck)["config"]["lr"] == pytest.approx(3e-4)  # set by hand: kept
