@@ -26,14 +26,17 @@
 #
 # The STT authors start from an ImageNet MoCo v2 checkpoint; here we train MoCo v2
 # ([He et al., CVPR 2020](https://arxiv.org/abs/1911.05722);
-# [Chen et al., 2020](https://arxiv.org/abs/2003.04297)) ourselves, on frames of the unlabelled
-# videos, in Lab colour space as the official step-1 ResNet-18.
+# [Chen et al., 2020](https://arxiv.org/abs/2003.04297)) ourselves, in Lab colour space as the
+# official step-1 ResNet-18, on still photographs: `$STT_DATA/ImageNet/train` or, in the
+# development data, the 5,925 ImageNet photographs of `$STT_DATA/ImageNet_sample/train` (frames
+# of the training videos when neither is there; the notebook says which).
 #
 # **What you will learn**
 # 1. why discriminative spatial features matter for finding correspondences;
-# 2. the InfoNCE loss, the queue of negatives and the momentum encoder;
-# 3. how to train it reproducibly (seeded data order, exact resume, DDP) with `stt.train`;
-# 4. what a small CPU run learns, measured by label propagation on DAVIS.
+# 2. why step 1 learns from photographs, not from the videos step 2 learns from;
+# 3. the InfoNCE loss, the queue of negatives and the momentum encoder;
+# 4. how to train it reproducibly (seeded data order, exact resume, DDP) with `stt.train`;
+# 5. what a small CPU run learns, measured by label propagation on DAVIS.
 
 # %% [markdown]
 # ## Setup
@@ -54,7 +57,7 @@ from stt.evaluate import davis_or_synthetic, evaluate_davis, per_sequence_jf
 from stt.metrics import bootstrap_ci, paired_difference
 from stt.losses import info_nce
 from stt.propagation import normalize_features
-from stt.recipes import SPATIAL, SPATIAL_COMMON, default_video_data, moco_queue_size, train_spatial
+from stt.recipes import SPATIAL, SPATIAL_COMMON, default_image_data, moco_queue_size, train_spatial
 from stt.runner import study_results, study_table
 from stt.train import load_checkpoint
 from stt.viz import save_figure
@@ -65,7 +68,7 @@ torch.manual_seed(0)
 scale = "small"  # smoke | small | gpu | full
 run_dir = "../runs/small"  # artefacts, figures and results of this run
 data_root = ""  # DAVIS for evaluation; empty: $STT_DATA, else the synthetic stand-in
-video_root = ""  # training videos or images, absolute or under $STT_DATA; empty: $STT_DATA/videos
+image_root = ""  # step 1's still images (or videos), absolute or under $STT_DATA; empty: ImageNet(_sample)/train, else videos
 config = "small"  # training preset of stt.recipes.SPATIAL: smoke | small | gpu | full
 steps = 0  # override the preset's number of steps; 0: keep it
 eval_short_side = 240  # DAVIS evaluation resolution (short side)
@@ -75,11 +78,11 @@ device = "auto"
 # %%
 run_dir = Path(run_dir)
 fig_dir = run_dir / "figures"
-videos = data_path(video_root, default_video_data())
+images_path = data_path(image_root) or default_image_data()
 settings = {**SPATIAL_COMMON, **SPATIAL[config]}
 if steps:
     settings["steps"] = steps
-print(f"training data: {videos}\npreset {config!r}: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+print(f"training data: {images_path}\npreset {config!r}: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
 
 # %% [markdown]
 # ## 1 · Why spatial discrimination matters for correspondence
@@ -92,16 +95,26 @@ print(f"training data: {videos}\npreset {config!r}: " + ", ".join(f"{k}={v}" for
 # learning trains exactly the missing property: **a view of an image region must be closer to
 # another view of the same region than to anything else.**
 #
-# ## 2 · The training images
+# ## 2 · The training images: photographs, not the videos
 #
-# Step 1 uses still images. Here: every frame of the unlabelled videos, resampled to 6 frames
-# per second and resized to a short side of 256 (a cache built once). Each training sample is
-# two independent MoCo v2 augmentations of one frame: random resized crop (MoCo's 20-100 % of
-# the area; the `small` preset takes 8-40 %, for the reason section 5 measures), colour
-# jitter, greyscale, blur, flip.
+# STT is *spatial-then-temporal* because its two steps learn from different data. Step 1 learns
+# from still photographs (ImageNet in the paper): a thousand kinds of objects, framed, sharp, at
+# many scales and in many settings, which a few hundred video clips do not hold. Step 2 then
+# learns time from video, and its global correlation distillation (notebook 02) keeps what step
+# 1 learned from the photographs. Were step 1 to train on frames of step 2's own videos, it
+# would bring no image step 2 cannot see, and GCD would only tie the student to a weaker
+# teacher that knows the same frames (what this project measured before the photographs were
+# available: section 8 compares the two).
+#
+# Here: the photographs of the folder printed above (ImageNet-train layout,
+# `<class>/<image>.JPEG`; the class folders are not used). Each training sample is two
+# independent MoCo v2 augmentations of one photograph: random resized crop (MoCo's 20-100 % of
+# the area, or the `small` preset's own range, section 5), colour jitter, greyscale, blur, flip.
+# (Given videos instead, every frame is a still image: resampled to 6 frames per second and a
+# short side of 256, cached once.)
 
 # %%
-images = StillImages(videos, cache_dir() / "frames", settings["fps"], settings["short_side"], settings["max_videos"])
+images = StillImages(images_path, cache_dir() / "frames", settings["fps"], settings["short_side"], settings["max_videos"])
 pairs = TwoViews(images, settings["image_size"], scale=settings["crop_scale"])
 print(f"{len(images)} training images from {sum(len(c.videos) for c in images.caches)} videos"
       f" and {len(images.files)} image files")
@@ -256,7 +269,7 @@ display(Markdown(study_table("spatial")))
 # %%
 out = run_dir / "spatial"
 overrides = {"steps": settings["steps"]} if steps else {}
-ckpt_path = train_spatial(videos, out, config, device=device, **overrides)
+ckpt_path = train_spatial(images_path, out, config, device=device, **overrides)
 ckpt = load_checkpoint(ckpt_path)
 hist = ckpt["history"]
 rate = np.mean([h["samples_per_s"] for h in hist])

@@ -52,7 +52,16 @@ from stt.affinity import dense_local_correlation_reference, local_correlation
 from stt.color import denormalize_lab, lab_to_rgb, rgb_to_normalized_lab
 from stt.data import DAVIS, FrameClips, VideoFrames, cache_dir, data_path
 from stt.evaluate import davis_or_synthetic, evaluate_davis, per_sequence_jf
-from stt.losses import lab_channel_dropout, reconstruct, uncertainty, uncertainty_mask
+from stt.encoder import trunk_encoder
+from stt.losses import (
+    global_correlation_distillation,
+    lab_channel_dropout,
+    local_correlation_distillation,
+    pool_fine_affinity,
+    reconstruct,
+    uncertainty,
+    uncertainty_mask,
+)
 from stt.metrics import bootstrap_ci, paired_difference
 from stt.models import STT
 from stt.recipes import (
@@ -158,30 +167,173 @@ for B, hw, D in [(16, 64 * 64, 25 * 25), (16, 32 * 32, 13 * 13)]:
           f" window {B * hw * D * 4 / 2**20:5.0f} MiB per affinity tensor")
 
 # %% [markdown]
-# ## 3 · The two distillation losses
+# ## 3 · Global correlation distillation (GCD): do not forget the spatial cues
 #
-# **GCD.** On the deepest level (/32, $8\times 8$ cells) the *global* correlation between the
+# On the deepest level (/32, $8\times 8$ cells at 256 px) the *global* correlation between the
 # target and the reference, for the student $s$ and the frozen step-1 teacher $t$:
 #
 # $$G_s = \operatorname*{softmax}_p \frac{\langle f^s_{\mathrm{tar}}(q), f^s_{\mathrm{ref}}(p)\rangle}{\sqrt{C_4}},\quad
 # G_t = \operatorname*{softmax}_p \frac{\langle f^t_{\mathrm{tar}}(q), f^t_{\mathrm{ref}}(p)\rangle}{0.07},\quad
 # \mathcal{L}_{\mathrm{gcd}} = \operatorname{MSE}(G_s, G_t).$$
 #
-# **LCD.** The /4 affinity is sharper than the /8 one (finer cells, larger window in pixels of
-# the /4 grid). Pooled $2\times2$ over the query grid and over the reference grid, it gives a
-# target $\bar A_{/4}$ on the /8 grid (rows sum to 1/4, as in the official code). It supervises
-# $A_{/8}$ only where $A_{/8}$ is *uncertain*: with $P_d(q)$ the softmax of the raw /8
-# correlation over the window,
+# No L2 normalisation (the official configuration). Written out for a toy pair of $2\times2$
+# maps (4 cells), a student with 4 channels and a teacher with 6, and checked against
+# `stt.losses.global_correlation_distillation`:
+
+# %%
+g = torch.Generator().manual_seed(3)
+s_tar, s_ref = torch.randn(2, 1, 4, 2, 2, generator=g)  # student layer4: 1 x C4 x 2 x 2 each
+t_tar, t_ref = torch.randn(2, 1, 6, 2, 2, generator=g)  # teacher layer4 (any width: only HW x HW is compared)
+
+
+def rows_softmax(z):
+    e = torch.exp(z - z.max(1, keepdim=True).values)
+    return e / e.sum(1, keepdim=True)
+
+
+G_s = rows_softmax(s_tar[0].flatten(1).T @ s_ref[0].flatten(1) / math.sqrt(4))  # 4 queries x 4 references
+G_t = rows_softmax(t_tar[0].flatten(1).T @ t_ref[0].flatten(1) / 0.07)
+gcd_by_hand = ((G_s - G_t) ** 2).mean()
+assert torch.isclose(global_correlation_distillation(s_tar, s_ref, t_tar, t_ref, 0.07), gcd_by_hand)
+print(f"L_gcd = {gcd_by_hand:.4f}; the teacher's rows are far sharper (temperature 0.07 vs sqrt(C4) = 2): "
+      f"largest entry per row {G_t.max(1).values.mean():.2f} vs the student's {G_s.max(1).values.mean():.2f}")
+
+# %% [markdown]
+# ### The teacher must run as it was trained
+#
+# Step 1 trained the *plain* ResNet: a max-pool after the stem and layer strides (1, 2, 2, 2).
+# The student is the step-2 trunk: no max-pool, strides (1, 2, 2, 4). Both put layer4 at /32, so
+# it is tempting to run the teacher with the student's strides (this project did, until it was
+# read against the official code). But every filter of the teacher then sees the frame at twice
+# the resolution it was trained on, from layer1 on: objects look twice as large as any it
+# learned. The official code runs its teacher exactly as its checkpoint was trained, on the input
+# that checkpoint expects (RGB with ImageNet statistics for its DetCo teacher; Lab for our
+# MoCo step 1, which trained on Lab). `stt.models.STT` does the same by default: it reads the
+# variant and the input space from the step-1 checkpoint (`teacher_variant` / `teacher_input`
+# override them; `"train"` is the earlier choice, kept for the ablation in section 8).
+#
+# The teacher's global correlation $G_t$ on training pairs, in both configurations: for a few
+# target cells, the row of $G_t$ over the reference's $8\times8$ cells. Two frames one stored
+# frame apart move little, so a good correlation peaks at or next to the query's own position;
+# the share of target cells whose row peaks within one cell of it is printed below the figure,
+# over a batch of training pairs.
+
+# %%
+step1_ck = load_checkpoint(step1)
+teachers = {"as trained (plain ResNet, max-pool)": trunk_encoder(step1_ck, str(step1)).eval(),
+            "in the student's configuration": trunk_encoder(step1_ck, str(step1), variant="train").eval()}
+probe = torch.stack([clips[(i, 11)] for i in np.linspace(0, len(clips) - 1, 24).astype(int)])  # 24 x 2 x 3 x 256 x 256
+
+
+def teacher_correlation(enc, pairs):
+    """G_t for every target cell of each pair: N x HW x HW, and the map side."""
+    with torch.no_grad():
+        f = enc(enc.preprocess(pairs.flatten(0, 1)), levels=("layer4",))["layer4"]
+    f = f.view(len(pairs), 2, *f.shape[1:]).flatten(3)  # N x 2 x C x HW
+    return torch.einsum("ncq,ncp->nqp", f[:, 1], f[:, 0]).div(0.07).softmax(-1), int(math.isqrt(f.shape[-1]))
+
+
+cells = [(2, 2), (4, 5), (6, 3)]
+fig, axes = plt.subplots(2, 1 + len(cells), figsize=(13, 6.4))
+near = {}
+for row, (name, enc) in enumerate(teachers.items()):
+    G, side = teacher_correlation(enc, probe)
+    yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    peak = G.argmax(-1)  # N x HW: the reference cell each target cell matches best
+    near[name] = float(((peak // side - yy.flatten()).abs().le(1) & (peak % side - xx.flatten()).abs().le(1)).float().mean())
+    axes[row, 0].imshow(probe[0, 1].permute(1, 2, 0))
+    axes[row, 0].set_title(f"target, teacher {name}", fontsize=8)
+    for ax, (cy, cx), c in zip(axes[row, 1:], cells, ("red", "lime", "cyan")):
+        axes[row, 0].scatter([cx * 32 + 16], [cy * 32 + 16], c=c, s=40)
+        ax.imshow(probe[0, 0].permute(1, 2, 0))
+        ax.imshow(np.kron(G[0, cy * side + cx].view(side, side).numpy(), np.ones((32, 32))), cmap="magma", alpha=0.6)
+        ax.scatter([cx * 32 + 16], [cy * 32 + 16], c=c, s=40, marker="x")
+        ax.set_title(f"G_t over the reference ({c})", fontsize=8)
+for ax in axes.flat:
+    ax.axis("off")
+save_figure(fig, "02_teacher_configurations", fig_dir)
+plt.show()
+for name, share in near.items():
+    print(f"teacher {name}: {100 * share:.0f} % of target cells peak within one cell of their own position")
+
+# %% [markdown]
+# ## 4 · Local correlation distillation (LCD): fight temporal discontinuity
+#
+# The /4 affinity is sharper than the /8 one (finer cells, a larger window in pixels of the /4
+# grid). Pooled $2\times2$ over the query grid and over the reference grid, it gives a target
+# $\bar A_{/4}$ on the /8 grid (rows sum to 1/4, as in the official code). It supervises $A_{/8}$
+# only where $A_{/8}$ is *uncertain*. With $P_d(q)$ the softmax of the raw /8 correlation over
+# the $13\times13$ displacements $d$, where a displacement that falls outside the map has
+# correlation 0 and takes part (the official correlation zero-pads),
 #
 # $$U(q) = \sum_{d} -\log\big(P_d(q) + 10^{-12}\big),\qquad
-# \mathcal{L}_{\mathrm{lcd}} = \frac{\sum_{q,p} M(q)\,(A_{/8}[q,p] - \bar A_{/4}[q,p])^2}{\sum_{q,p} M(q)},$$
+# \mathcal{L}_{\mathrm{lcd}} = \frac{\sum_{q,p} W[q,p]\,(A_{/8}[q,p] - \bar A_{/4}[q,p])^2}{\sum_{q,p} W[q,p]},\qquad W[q,p] = M(q),$$
 #
-# where $M$ keeps the pixels whose $U$ is above the value at position $T = 0.7$ of the
-# descending sort over the whole map (the ~70 % most uncertain; the official release thresholds
-# each row, a bug; the intended version is implemented). In total
+# both sums over all $HW \times HW$ query-reference pairs of the /8 map: the official code
+# repeats the query mask over every reference position, so the normaliser is (masked queries)
+# $\times HW$, not the window entries. $M$ keeps the pixels whose $U$ is above the value at
+# position $\lfloor T\,HW\rfloor - 1$ of the descending sort over the whole map ($T = 0.7$: the ~70 %
+# most uncertain). The official release never flattens the map, so its sort runs along each
+# row and one row of the row-sorted map becomes a per-column threshold (a bug; `lcd_threshold =
+# "per-column"` reproduces it, the intended version is the default). In total
 #
 # $$\mathcal{L} = \mathcal{L}_{\mathrm{rec},/4} + \mathcal{L}_{\mathrm{rec},/8} + 1000\,\mathcal{L}_{\mathrm{lcd}} + 50\,\mathcal{L}_{\mathrm{gcd}}.$$
 #
+# By hand on a toy pair: /4 maps of $4\times4$ cells ($R = 2$), /8 maps of $2\times2$ ($R = 1$),
+# dense $HW \times HW$ matrices and explicit loops, checked against the package's windowed
+# functions (which never build them):
+
+# %%
+g = torch.Generator().manual_seed(4)
+f4r, f4t = torch.randn(2, 1, 3, 4, 4, generator=g, dtype=torch.float64)
+f8r, f8t = torch.randn(2, 1, 3, 2, 2, generator=g, dtype=torch.float64)
+
+
+def dense_affinity(ft, fr, R):
+    """Dense window-masked affinity softmax_p(<f_t(q), f_r(p)> / sqrt(C)), HW x HW."""
+    C, h, w = ft.shape[1:]
+    A = torch.zeros(h * w, h * w, dtype=ft.dtype)
+    for qy, qx in np.ndindex(h, w):
+        z = {(py, px): float(ft[0, :, qy, qx] @ fr[0, :, py, px]) / math.sqrt(C)
+             for py, px in np.ndindex(h, w) if abs(py - qy) <= R and abs(px - qx) <= R}
+        e = {p: math.exp(v) for p, v in z.items()}
+        for (py, px), v in e.items():
+            A[qy * w + qx, py * w + px] = v / sum(e.values())
+    return A
+
+
+A4, A8 = dense_affinity(f4t, f4r, 2), dense_affinity(f8t, f8r, 1)  # 16 x 16, 4 x 4
+target = A4.view(2, 2, 2, 2, 2, 2, 2, 2).mean((1, 3, 5, 7)).reshape(4, 4)  # mean over 2x2 query and 2x2 reference cells
+U = []
+for qy, qx in np.ndindex(2, 2):  # the zero-padded 3 x 3 correlation of each /8 cell
+    corr = torch.tensor([float(f8t[0, :, qy, qx] @ f8r[0, :, qy + dy - 1, qx + dx - 1])
+                         if 0 <= qy + dy - 1 < 2 and 0 <= qx + dx - 1 < 2 else 0.0 for dy, dx in np.ndindex(3, 3)])
+    U.append(float(-torch.log(corr.softmax(0) + 1e-12).sum()))
+U = torch.tensor(U)
+M = U > U.sort(descending=True).values[int(0.7 * 4) - 1]  # position 1 of 4: the 1 most uncertain cell
+W = M[:, None].double().expand(4, 4)  # the query mask over all HW reference positions
+lcd_by_hand = (W * (A8 - target) ** 2).sum() / W.sum()
+c4, c8 = local_correlation(f4t, f4r, 2), local_correlation(f8t, f8r, 1)
+a4, a8 = (c4 / math.sqrt(3)).softmax(-1), (c8 / math.sqrt(3)).softmax(-1)
+lcd_package = local_correlation_distillation(a8, pool_fine_affinity(a4, 2, 1), uncertainty_mask(uncertainty(c8), 0.7))
+assert torch.isclose(lcd_package, lcd_by_hand)
+print(f"U = {[round(u, 2) for u in U.tolist()]} -> {int(M.sum())} of 4 cells supervised; normaliser {int(W.sum())} "
+      f"(masked queries x HW); L_lcd = {lcd_by_hand:.5f}; target rows sum to {[round(v, 3) for v in target.sum(1).tolist()]}")
+
+# %% [markdown]
+# How much the normaliser matters under the fixed weight 1000: the official one divides by
+# $HW$ per supervised query, a windowed one by the window entries inside the map. Their ratio
+# at this run's training size and at the paper's 256 px (/8 maps of the printed side):
+
+# %%
+for S in sorted({settings["image_size"], 256}):
+    side = S // 8
+    inside = torch.isfinite(local_correlation(torch.zeros(1, 1, side, side), torch.zeros(1, 1, side, side), 6))
+    per_query = float(inside.sum()) / side**2
+    print(f"{S} px: /8 map {side}x{side}, HW = {side**2}; window entries inside the map per query {per_query:.0f}: "
+          f"the official normaliser is {side**2 / per_query:.1f}x larger")
+
+# %% [markdown]
 # ## 4 · Training: full STT and temporal-only, with equal budgets
 #
 # * **full STT**: initialised from step 1, GCD against the frozen step-1 teacher, pyramid + LCD;

@@ -47,6 +47,7 @@ def step1_checkpoint(name: str) -> Path:
 # "init"/"teacher" name a step-1 checkpoint (:func:`step1_checkpoint`). Recipe "baseline": a model without
 # training (``stt evaluate davis --model ...``), evaluated once for all studies.
 BASELINES = {"lab": ("baseline", dict(model="lab")), "random-r18": ("baseline", dict(model="random-r18"))}
+PHOTOS_STEP1 = "photos:local-crops"  # the step 1 on photographs the small preset trains
 STUDIES = {
     # Issue 13: the MoCo queue against the size of the data (2,657 frames of 51 videos at small).
     # "-x": queue entries of the query's own video are not negatives (exclude_same_instance).
@@ -119,7 +120,26 @@ STUDIES = {
     "photos": ("moco-crops", {
         "moco-crops": ("spatial", dict(steps=600, crop_scale=MOCO_CROP_SCALE)),
         "local-crops": ("spatial", dict(steps=600, crop_scale=LOCAL_CROP_SCALE)),
+        # larger views at the same compute: 128 px costs (128 / 96)^2 = 1.78x a 96 px step
+        "local-crops-128": ("spatial", dict(steps=340, crop_scale=LOCAL_CROP_SCALE, image_size=128)),
         "video-frames": ("spatial", dict(steps=600, crop_scale=LOCAL_CROP_SCALE, data="videos")),
+        "r50": ("spatial", dict(steps=600, crop_scale=LOCAL_CROP_SCALE, arch="resnet50")),  # a stronger teacher?
+        **BASELINES,
+    }),
+    # Issue 20: spatial-then-temporal with the three fixes (step 1 on photographs, the teacher as
+    # trained, the official LCD), against temporal-only and step 1 as initialisation only; one
+    # row per fix with that fix undone; seeds for the run-to-run noise. Settings are the small
+    # preset's (900 steps, lr 4e-4) unless written.
+    "stt": ("full", {
+        "full": ("temporal", dict(init=PHOTOS_STEP1, teacher=PHOTOS_STEP1)),
+        "temporal-only": ("temporal", dict(gcd=False)),
+        "init-only": ("temporal", dict(gcd=False, init=PHOTOS_STEP1)),
+        "full-seed1": ("temporal", dict(seed=1, init=PHOTOS_STEP1, teacher=PHOTOS_STEP1)),
+        "temporal-only-seed1": ("temporal", dict(seed=1, gcd=False)),
+        "undo-photos": ("temporal", dict(init="photos:video-frames", teacher="photos:video-frames")),
+        "undo-teacher": ("temporal", dict(init=PHOTOS_STEP1, teacher=PHOTOS_STEP1, teacher_variant="train")),
+        "undo-lcd": ("temporal", dict(init=PHOTOS_STEP1, teacher=PHOTOS_STEP1, lcd_form="windowed")),
+        "r50-teacher": ("temporal", dict(init=PHOTOS_STEP1, teacher="photos:r50")),
         **BASELINES,
     }),
 }

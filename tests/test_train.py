@@ -297,3 +297,30 @@ def test_resnet50_step2_takes_the_papers_r50_learning_rate(tiny_videos, tmp_path
     assert load_checkpoint(ck)["config"]["lr"] == pytest.approx(0.5 * TEMPORAL_COMMON["lr"])  # 5e-5, SPEC section 3
     ck = train_temporal(tiny_videos, tmp_path / "r50-lr", "smoke", arch="resnet50", lr=3e-4, **kw)
     assert load_checkpoint(ck)["config"]["lr"] == pytest.approx(3e-4)  # set by hand: kept
+
+
+def test_step1_trains_on_photographs_when_there_are_some(tmp_path, monkeypatch, capsys):
+    """Step 1's default data: $STT_DATA/ImageNet/train, else ImageNet_sample/train, else the
+    videos' frames, saying which."""
+    from stt.recipes import default_image_data
+
+    root = tmp_path / "data"
+    (root / "videos").mkdir(parents=True)
+    monkeypatch.setenv("STT_DATA", str(root))
+    assert default_image_data() == root / "videos"
+    assert "frames of the videos" in capsys.readouterr().out
+    (root / "ImageNet_sample" / "train" / "n01").mkdir(parents=True)
+    assert default_image_data() == root / "ImageNet_sample" / "train"
+    assert "photographs" in capsys.readouterr().out
+    (root / "ImageNet" / "train").mkdir(parents=True)
+    assert default_image_data() == root / "ImageNet" / "train"
+
+
+def test_step1_on_an_imagenet_folder_counts_each_photograph_as_an_instance(image_folder, tmp_path, monkeypatch):
+    from stt.recipes import train_spatial
+
+    monkeypatch.setenv("STT_CACHE", str(tmp_path / "cache"))
+    ck = load_checkpoint(train_spatial(image_folder, tmp_path / "moco", "smoke", progress=False, steps=1,
+                                       batch_size=4, image_size=32, device="cpu"))
+    assert ck["meta"]["images"] == ck["meta"]["instances"] == 12 and ck["meta"]["variant"] == "imagenet"
+    assert ck["config"]["extra"]["queue_size"] == 3  # a quarter of the 12 photographs
