@@ -34,14 +34,24 @@ def ensure_writable(folder: str | Path, what: str = "output folder") -> Path:
     """Raise a ``RuntimeError`` naming ``folder`` unless files can be created in it (or, when it
     does not exist yet, in its nearest existing parent, where it will be made). Called before any
     compute, so that a read-only ``--out`` or ``$STT_CACHE`` fails at once, not after an hour.
-    ``os.access`` checks the process's own permissions and reports read-only file systems."""
+    Checked with the process's own permissions (``os.access``), then by creating and dropping an
+    unnamed temporary file there (read-only mounts, ACLs)."""
+    import tempfile
+
     folder = Path(folder)
     probe = folder
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
         raise RuntimeError(f"{what} {folder}: {probe} is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
+    writable = os.access(probe, os.W_OK | os.X_OK)
+    if writable:
+        try:
+            with tempfile.TemporaryFile(dir=probe):
+                pass
+        except OSError:
+            writable = False
+    if not writable:
         where = "" if probe == folder else f" (it would be created in {probe}, which is not writable)"
         raise RuntimeError(f"{what} {folder} is not writable{where}; choose another folder or change its permissions")
     return folder

@@ -297,10 +297,11 @@ def evaluate_davis(
         prop = {"protocol": "corrflow", "radius": radius, **CORRFLOW_PROTOCOL}
     else:
         prop = scaled_config(cfg, stride).as_dict()
-    left_out = {n: ds.sequence(n).masks[0] for n in ds.names if not read_mask(ds.sequence(n).masks[0]).any()}
-    for name, mask in left_out.items():
-        warnings.warn(f"{name}: its first annotation {mask} has no object, so there is nothing to propagate; "
-                      "the sequence is left out of the means", stacklevel=2)
+    first_masks = {n: ds.sequence(n).masks[0] for n in ds.names}
+    left_out = [n for n, mask in first_masks.items() if not read_mask(mask).any()]
+    for name in left_out:
+        warnings.warn(f"{name}: its first annotation {first_masks[name]} has no object, so there is nothing to "
+                      "propagate; the sequence is left out of the means", stacklevel=2)
     names = [n for n in ds.names if n not in left_out]
     if not names:
         raise ValueError(f"the first annotation of every sequence ({', '.join(ds.names)}) under {ds.root} is "
