@@ -20,6 +20,15 @@ def _add_propagation_args(p: argparse.ArgumentParser, defaults: PropagationConfi
     g.add_argument("--no-minmax", action="store_true", help="skip per-channel min-max normalisation before argmax (CRW)")
 
 
+def _add_encoder_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("encoder")
+    g.add_argument("--stride", type=int, choices=(8, 4), default=None,
+                   help="test-time trunk variant: 8, or 4 (STT's 'stride 4' rows; the radius is rescaled) [8]")
+    g.add_argument("--input-space", choices=("lab", "rgb-imagenet", "rgb"), default=None,
+                   help="what the encoder is fed [the checkpoint's: ours and released STT lab, "
+                        "torchvision/MoCo rgb-imagenet, CorrFlow rgb]")
+
+
 def _propagation_config(a) -> PropagationConfig:
     return PropagationConfig(
         topk=a.topk, radius=a.radius, context=a.context, temperature=a.temperature, window=a.window,
@@ -39,6 +48,7 @@ def cmd_evaluate_davis(a) -> int:
         data=a.data, model=a.model, out=a.out, short_side=a.short_side,
         sequences=a.sequences.split(",") if a.sequences else None, year=a.year,
         cfg=_propagation_config(a), device=a.device, overwrite=a.overwrite, protocol=a.protocol,
+        stride=a.stride, input_space=a.input_space,
     )
     _print_table(res, ["J&F-Mean", "J-Mean", "F-Mean"])
     print(f"results: {a.out}/global_results-val.csv, {a.out}/per-sequence_results-val.csv")
@@ -130,7 +140,7 @@ def cmd_evaluate_jhmdb(a) -> int:
     from .evaluate import evaluate_jhmdb
 
     res = evaluate_jhmdb(a.data, a.model, a.out, a.size, _propagation_config(a), a.split, device=a.device,
-                         overwrite=a.overwrite)
+                         overwrite=a.overwrite, stride=a.stride, input_space=a.input_space)
     print(f"PCK@0.1 {res['PCK@0.1']:.3f}   PCK@0.2 {res['PCK@0.2']:.3f}   ({res['clips']} clips, "
           f"{res['frames_scored']} frames)\nresults: {a.out}/pck.json")
     return 0
@@ -140,7 +150,7 @@ def cmd_evaluate_vip(a) -> int:
     from .evaluate import evaluate_vip
 
     res = evaluate_vip(a.data, a.model, a.out, a.size, _propagation_config(a), a.split, device=a.device,
-                       overwrite=a.overwrite)
+                       overwrite=a.overwrite, stride=a.stride, input_space=a.input_space)
     print(f"mIoU {res['mIoU']:.3f}   ({res['videos']} videos)\nresults: {a.out}/miou.json")
     return 0
 
@@ -162,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = evs.add_parser("davis", help="DAVIS-2016/2017 semi-supervised J&F")
     d.add_argument("--data", default=None, help="DAVIS folder or data root [$STT_DATA], or 'synthetic'")
     d.add_argument("--model", default="random-r18",
-                   help="identity | lab | random-r18 | random-r50 | path to a checkpoint [random-r18]")
+                   help="identity | lab | random-r18 | random-r50 | a checkpoint: ours, torchvision, MoCo, "
+                        "released STT (mmcv) or CorrFlow [random-r18]")
     d.add_argument("--out", required=True, help="output folder (predictions, CSVs; resumable)")
     d.add_argument("--short-side", type=int, default=None, help="resize frames to this short side [native]")
     d.add_argument("--sequences", default=None, help="comma-separated subset of sequences")
@@ -170,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto", help="cpu | cuda | auto [auto]")
     d.add_argument("--overwrite", action="store_true", help="discard results in --out computed with other settings")
     d.add_argument("--protocol", choices=("common", "corrflow"), default="common",
-                   help="common: SPEC section 5 for every model; corrflow: CorrFlow's own (previous frame, hard labels)")
+                   help="common: SPEC section 5 for every model; corrflow: CorrFlow's own (previous frame, hard "
+                        "labels, no min-max; the propagation options below do not apply)")
+    _add_encoder_args(d)
     _add_propagation_args(d, PropagationConfig())
     d.set_defaults(func=cmd_evaluate_davis)
 
@@ -182,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--split", type=int, default=1, help="official split number when split files exist [1]")
     j.add_argument("--device", default="auto")
     j.add_argument("--overwrite", action="store_true")
+    _add_encoder_args(j)
     _add_propagation_args(j, PropagationConfig(radius=5))
     j.set_defaults(func=cmd_evaluate_jhmdb)
 
@@ -193,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--split", default="val")
     v.add_argument("--device", default="auto")
     v.add_argument("--overwrite", action="store_true")
+    _add_encoder_args(v)
     _add_propagation_args(v, PropagationConfig(radius=16))
     v.set_defaults(func=cmd_evaluate_vip)
 
@@ -228,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     cf = trs.add_parser("corrflow", help="CorrFlow: colour pointer with bottleneck, scheduled sampling, cycles")
     _add_train_args(cf)
     cf.add_argument("--image-size", type=int, default=None)
-    cf.add_argument("--centroids", default=None, help="colour centroids from `stt color-clusters` [computed]")
+    cf.add_argument("--centroids", default=None,
+                    help="colour centroids from `stt color-clusters` (a K x 2 tensor file, checked first) [computed]")
     cf.add_argument("--no-bottleneck", action="store_true", help="ablation: no channel dropout / jitter")
     cf.add_argument("--no-scheduled-sampling", action="store_true", help="ablation: always frame 1's ground truth")
     cf.add_argument("--no-cycles", action="store_true", help="ablation: no forward-backward cycles")

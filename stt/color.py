@@ -165,6 +165,27 @@ def kmeans(x: torch.Tensor, k: int = 16, iters: int = 50, seed: int = 0, max_poi
     return c
 
 
+def load_centroids(path) -> torch.Tensor:
+    """CorrFlow's colour centroids from a file written by ``stt color-clusters`` (``torch.save``
+    of a float K x 2 tensor of Lab (a, b) values), read with ``weights_only=True``. Checked before
+    training starts: anything else is an error naming the file and the expected shape."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"centroids file not found: {path}")
+    expected = "a float K x 2 tensor of Lab (a, b) centroids, as `stt color-clusters --out FILE` writes"
+    try:
+        c = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a pickle of other objects, or not a torch file
+        raise ValueError(f"{path}: cannot be read as a tensor ({type(exc).__name__}); expected {expected}") from exc
+    if not torch.is_tensor(c):
+        raise ValueError(f"{path}: holds a {type(c).__name__}; expected {expected}")
+    if not c.is_floating_point() or c.ndim != 2 or c.shape[1] != 2 or len(c) < 2 or not torch.isfinite(c).all():
+        raise ValueError(f"{path}: holds a {c.dtype} tensor of shape {tuple(c.shape)}; expected {expected} (K >= 2, finite)")
+    return c.float()
+
+
 class StreamSample:
     """A uniform random sample, without replacement, of at most ``size`` rows of a stream of row
     blocks, seeded, in memory for at most ``2 * size`` rows (k-means colours of thousands of frames).

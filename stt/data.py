@@ -6,7 +6,9 @@ pass the dataset folder itself.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,45 @@ def data_root() -> Path:
 def cache_dir() -> Path:
     """``$STT_CACHE`` or ``~/.cache/stt``: decoded frame caches and generated (synthetic) data."""
     return Path(os.environ.get("STT_CACHE", "~/.cache/stt")).expanduser()
+
+
+def ensure_writable(folder: str | Path, what: str = "output folder") -> Path:
+    """Raise a ``RuntimeError`` naming ``folder`` unless files can be created in it (or, when it
+    does not exist yet, in its nearest existing parent, where it will be made). Called before any
+    compute, so that a read-only ``--out`` or ``$STT_CACHE`` fails at once, not after an hour.
+    Checked with the process's own permissions (``os.access``), then by creating and dropping an
+    unnamed temporary file there (read-only mounts, ACLs)."""
+    import tempfile
+
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RuntimeError(f"{what} {folder}: {probe} is not a folder")
+    writable = os.access(probe, os.W_OK | os.X_OK)
+    if writable:
+        try:
+            with tempfile.TemporaryFile(dir=probe):
+                pass
+        except OSError:
+            writable = False
+    if not writable:
+        where = "" if probe == folder else f" (it would be created in {probe}, which is not writable)"
+        raise RuntimeError(f"{what} {folder} is not writable{where}; choose another folder or change its permissions")
+    return folder
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` atomically (a temporary file, then rename); a file that already holds it is
+    left untouched, so re-reading finished results needs no write access."""
+    path, data = Path(path), text.encode()
+    if path.is_file() and path.read_bytes() == data:
+        return
+    ensure_writable(path.parent)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def data_path(path, default=None):
@@ -54,8 +95,11 @@ def read_image(path: str | Path) -> np.ndarray:
 def read_mask(path: str | Path) -> np.ndarray:
     """Object-id map (H x W, uint8) from a DAVIS annotation PNG.
 
-    DAVIS-2017 indexed-palette PNGs: ids 1..K, 255 = void, which is scored as background (as
-    davis2017-evaluation does). DAVIS-2016 greyscale PNGs with values {0, 255}: one object, id 1.
+    DAVIS-2017 indexed-palette PNGs (mode "P"): ids 1..K, 255 = void, which is scored as
+    background (as davis2017-evaluation does). DAVIS-2016 greyscale PNGs with values {0, 255}:
+    one object, id 1. A greyscale mask with other values (antialiased edges, a resized mask) is
+    read as binary too, foreground where >= 128, with a warning naming the file: greyscale
+    values are intensities, not object ids (ids live in palette PNGs).
     """
     path = Path(path)
     if not path.is_file():
@@ -70,6 +114,11 @@ def read_mask(path: str | Path) -> np.ndarray:
         raise ValueError(f"{path}: expected a single-channel (palette or greyscale) mask, got shape {arr.shape}")
     if mode in ("L", "1", "I", "I;16") and set(np.unique(arr).tolist()) <= {0, 1, 255}:
         return (arr > 0).astype(np.uint8)  # DAVIS-2016 binary
+    if mode == "L":
+        warnings.warn(f"{path}: greyscale mask with values other than 0 and 255 (e.g. antialiased edges); "
+                      "read as one object where the value is >= 128 (DAVIS-2016 binary). Object ids need a "
+                      "palette (mode P) PNG", stacklevel=2)
+        return (arr >= 128).astype(np.uint8)
     arr = arr.astype(np.uint8)
     arr[arr == 255] = 0
     return arr
@@ -267,6 +316,68 @@ def list_media(root: str | Path, extensions) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
 
 
+def frame_cache_name(path: Path) -> str:
+    """The frame-cache file of a video: ``<stem>-<where>-<version>.npy``, the stem to be read by
+    people, ``where`` a short hash of the resolved path (``a/clip.mp4`` and ``b/clip.mp4`` differ)
+    and ``version`` one of the size and modification time (a file replaced in place is new)."""
+    st = path.stat()
+    where = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+    version = hashlib.sha1(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:8]
+    return f"{path.stem}-{where}-{version}.npy"
+
+
+def _stale_caches(npy: Path) -> list[Path]:
+    """Cache files of other versions of the video ``npy`` caches (same stem and path hash)."""
+    import glob
+
+    prefix = npy.name.rsplit("-", 1)[0]
+    return [p for p in npy.parent.glob(glob.escape(prefix) + "-*.npy")
+            if p != npy and not p.name.endswith(".tmp.npy") and p.name.rsplit("-", 1)[0] == prefix]
+
+
+class PyAVReader:
+    """What :class:`VideoFrames` uses of ``decord.VideoReader`` (``len``, ``get_avg_fps``,
+    ``get_batch``), on PyAV, for machines without decord. ``get_batch`` returns the frames as a
+    T x H x W x 3 uint8 array. PyAV cannot seek to a frame number exactly, so frames are decoded
+    forward from the start, or from where the previous read stopped when the next read starts
+    later (:meth:`VideoFrames.iter_frames` reads in order: one pass per video)."""
+
+    def __init__(self, path):
+        import av
+
+        self.path = Path(path)
+        with av.open(str(self.path)) as c:
+            stream = c.streams.video[0]
+            self.fps = float(stream.average_rate or 30.0)
+            self.n = stream.frames or sum(1 for packet in c.demux(stream) if packet.size)
+        self._decoder, self._next = None, 0  # the open decode pass and the number of its next frame
+
+    def __len__(self) -> int:
+        return self.n
+
+    def get_avg_fps(self) -> float:
+        return self.fps
+
+    def get_batch(self, idx) -> np.ndarray:
+        import av
+
+        idx = [int(i) for i in idx]
+        if self._decoder is None or min(idx) < self._next:
+            container = av.open(str(self.path))
+            self._decoder, self._next = container.decode(container.streams.video[0]), 0
+        wanted, got = set(idx), {}
+        for frame in self._decoder:
+            if self._next in wanted:
+                got[self._next] = frame.to_ndarray(format="rgb24")
+            self._next += 1
+            if self._next > max(idx):
+                break
+        if len(got) < len(wanted):
+            raise ValueError(f"{self.path}: frame {max(wanted - set(got))} cannot be decoded "
+                             f"({self._next} frames decoded, {self.n} listed)")
+        return np.stack([got[i] for i in idx])
+
+
 class VideoFrames:
     """A collection of videos as frame sequences at ~``fps`` with short side ``short_side``.
 
@@ -276,17 +387,18 @@ class VideoFrames:
     30 fps, so the default resamples video files to 6 fps.
 
     With ``cache_dir``, each video file is decoded once into a ``.npy`` array (memory-mapped on
-    use): fast random access for small corpora. Without it, frames are decoded on demand (large
-    corpora such as Kinetics) and only the frame counts are read up front, ``workers`` files at a
-    time (decord works outside the GIL; the counts are the same as one by one). Unreadable
-    videos are skipped with a warning that names them.
+    use): fast random access for small corpora. The array is named by :func:`frame_cache_name`
+    (the video's stem, its resolved path, size and modification time), so videos named alike in
+    two folders do not share one, and a video replaced in place is decoded again. Without a
+    cache, frames are decoded on demand (large corpora such as Kinetics) and only the frame
+    counts are read up front, ``workers`` files at a time (decord works outside the GIL; the
+    counts are the same as one by one). Unreadable videos are skipped with a warning that names
+    them. Without decord, PyAV decodes (:class:`PyAVReader`: the same frames, slower seeks).
     """
 
     def __init__(self, root: str | Path, cache_dir: str | Path | None = None, fps: float = 6.0,
                  short_side: int | None = 256, max_videos: int | None = None, min_frames: int = 2,
                  progress: bool = True, workers: int | None = None):
-        import warnings
-
         from tqdm.auto import tqdm
 
         root = Path(root)
@@ -299,7 +411,9 @@ class VideoFrames:
             raise FileNotFoundError(f"no videos ({', '.join(VIDEO_EXTENSIONS)}) or frame folders under {root}")
         self.fps, self.short_side = fps, short_side
         cache = Path(cache_dir) / f"fps{fps:g}_short{short_side}" if cache_dir else None
-        if cache:
+        npys = {src: cache / frame_cache_name(src) for _, src in items if not src.is_dir()} if cache else {}
+        if any(not npy.is_file() for npy in npys.values()):
+            ensure_writable(cache, "frame cache folder")  # before decoding anything
             cache.mkdir(parents=True, exist_ok=True)
         self.videos: list[tuple[str, object, int]] = []  # (name, source, number of frames)
         self.skipped: list[str] = []
@@ -311,12 +425,14 @@ class VideoFrames:
                     source = list_media(src, IMAGE_EXTENSIONS)
                     n = len(source)
                 elif cache:
-                    npy = cache / f"{name}.npy"
+                    npy = npys[src]
                     if not npy.is_file():
                         frames, _ = read_video(src, fps, short_side)
                         tmp = npy.with_suffix(".tmp.npy")
                         np.save(tmp, frames)
                         tmp.replace(npy)
+                        for stale in _stale_caches(npy):  # earlier versions of the same file
+                            stale.unlink(missing_ok=True)
                     source = np.load(npy, mmap_mode="r")
                     n = len(source)
                 else:
@@ -381,8 +497,12 @@ class VideoFrames:
 
     @staticmethod
     def _reader(path):
-        import decord
-
+        """decord's VideoReader (frame-exact seeks, decodes outside the GIL), or a
+        :class:`PyAVReader` where decord is not installed."""
+        try:
+            import decord
+        except ImportError:
+            return PyAVReader(path)
         return decord.VideoReader(str(path), num_threads=1)
 
     def _read(self, src, ts: list, reader=None) -> np.ndarray:
@@ -393,7 +513,8 @@ class VideoFrames:
         vr = reader or self._reader(src)
         step = max(1.0, float(vr.get_avg_fps()) / self.fps)
         idx = [min(len(vr) - 1, int(round(t * step))) for t in ts]
-        return _resize_uint8(vr.get_batch(idx).asnumpy(), self.short_side)
+        frames = vr.get_batch(idx)
+        return _resize_uint8(frames if isinstance(frames, np.ndarray) else frames.asnumpy(), self.short_side)
 
     def frame_index(self) -> list[tuple[int, int]]:
         """(video, frame) pairs of every frame."""
@@ -441,8 +562,6 @@ class StillImages:
     def load(self, i: int) -> tuple[np.ndarray, int]:
         """Image ``i`` (H x W x 3 uint8) and its instance: the video it comes from (frames of one
         video are near-duplicates of each other), or the image file itself."""
-        import warnings
-
         for attempt in range(len(self)):
             j = (i + attempt) % len(self)
             if j < len(self.index):
@@ -640,7 +759,8 @@ class JHMDB:
         return len(self.names)
 
     def load(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Frames (T x H x W x 3 uint8) and joints (T x 15 x 2, (x, y), 1-based pixels)."""
+        """Frames (T x H x W x 3 uint8) and joints (T x 15 x 2, (x, y), 1-based pixels). A NaN
+        joint position is an error naming the file, the frame and the joint."""
         from scipy.io import loadmat
 
         frame_dir = self.root / "Frames" / name
@@ -658,6 +778,12 @@ class JHMDB:
             raise ValueError(f"{mat}: pos_img has shape {pos.shape}, expected 2 x 15 x T")
         if pos.shape[2] != len(frames):
             raise ValueError(f"{mat}: joints for {pos.shape[2]} frames but {frame_dir} holds {len(frames)} frames")
+        nan = np.argwhere(np.isnan(pos).any(0).T)  # (frame, joint) pairs, earliest frame first
+        if len(nan):
+            t, j = nan[0]
+            raise ValueError(f"{mat}: pos_img is NaN for joint {j + 1} ({JHMDB_JOINTS[j]}) in frame {t + 1} "
+                             f"({frames[t].name}){f', and {len(nan) - 1} more' if len(nan) > 1 else ''}; "
+                             "every joint needs a position (an invisible joint lies outside the frame)")
         return np.stack([read_image(p) for p in frames]), pos.transpose(2, 1, 0).copy()
 
 

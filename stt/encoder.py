@@ -121,44 +121,106 @@ class ResNetEncoder(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoints: ours, torchvision's and MoCo's formats.
+# Checkpoints: ours, torchvision's, MoCo's, and the released STT (mmcv) and CorrFlow files.
 # --------------------------------------------------------------------------------------------
 
-_PREFIXES = ("module.encoder_q.", "encoder_q.", "module.encoder.", "module.", "encoder.", "backbone.")
+# Where a trunk's keys may sit, tried in this order. The keys under the first prefix that holds a
+# ``conv1.weight`` are the trunk; the rest of the file (MoCo's momentum encoder ``encoder_k``, an
+# mmcv file's teacher ``backbone_t`` and heads) is not.
+_PREFIXES = ("", "module.encoder_q.", "encoder_q.", "module.encoder.", "module.", "encoder.", "backbone.")
+_HEADS = ("fc.", "head.")  # classifier / projection heads: not part of the trunk
 
 
-def extract_encoder_state(obj: dict, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Find a torchvision-layout trunk state_dict inside ``obj`` (ours, MoCo or torchvision).
-
-    Accepted: ``{"encoder": sd, ...}`` (this project), ``{"state_dict": {"module.encoder_q.*"}}``
-    (MoCo v1/v2), a plain torchvision state_dict. Keys of the classifier / projection head
-    (``fc.*``) are dropped; the key-prefix is stripped.
-    """
+def _state_dict(obj, source: str) -> dict:
+    """The state_dict inside a loaded checkpoint: its ``encoder`` (this project), ``state_dict``
+    (MoCo, mmcv, CorrFlow) or ``model`` entry, else the object itself."""
     if not isinstance(obj, dict):
         raise ValueError(f"{source}: expected a dict (state_dict or checkpoint), got {type(obj).__name__}")
     for key in ("encoder", "state_dict", "model"):
-        if key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-            break
-    sd = {}
-    for k, v in obj.items():
-        if not torch.is_tensor(v):
-            continue
-        if k.startswith("module.encoder_k.") or k.startswith("encoder_k."):
-            continue  # MoCo's momentum encoder
-        for p in _PREFIXES:
-            if k.startswith(p):
-                k = k[len(p):]
-                break
-        if k.startswith("fc.") or k.startswith("head."):
-            continue
-        sd[k] = v
-    if not any(k.startswith("conv1.") for k in sd):
+        if isinstance(obj.get(key), dict):
+            return obj[key]
+    return obj
+
+
+def _trunk_prefix(sd: dict) -> str | None:
+    return next((p for p in _PREFIXES if f"{p}conv1.weight" in sd), None)
+
+
+def checkpoint_format(ckpt) -> str:
+    """What a loaded checkpoint is: ``"project"`` (this project's; its ``meta`` has a "kind"),
+    ``"corrflow"`` (CorrFlow's release: ``feature_extraction.*`` and ``post_convolution.*``),
+    ``"mmcv"`` (STT's release: the trunk under ``backbone.``; mmcv's own ``meta`` is not ours) or
+    ``"torchvision"`` (torchvision, MoCo, any other torchvision-layout trunk)."""
+    if not isinstance(ckpt, dict):
+        return "torchvision"  # not a checkpoint at all: extract_encoder_state says so, naming the file
+    meta = ckpt.get("meta")
+    if isinstance(meta, dict) and "kind" in meta:
+        return "project"
+    sd = _state_dict(ckpt, "checkpoint")
+    keys = {k.removeprefix("module.").split(".")[0] for k in sd}
+    if {"feature_extraction", "post_convolution"} <= keys:
+        return "corrflow"
+    return "mmcv" if _trunk_prefix(sd) == "backbone." else "torchvision"
+
+
+def extract_encoder_state(obj: dict, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Find a torchvision-layout trunk state_dict inside ``obj``.
+
+    Accepted: ``{"encoder": sd, ...}`` (this project), ``{"state_dict": {"module.encoder_q.*"}}``
+    (MoCo v1/v2), ``{"state_dict": {"backbone.*", ...}}`` (mmcv: the released STT checkpoints),
+    a plain torchvision state_dict. The trunk is what lies under the first of :data:`_PREFIXES`
+    that holds a ``conv1.weight``, with the prefix stripped and the heads (``fc.*``, ``head.*``)
+    dropped; nothing else in the file is taken (MoCo's ``encoder_k``, STT's teacher ``backbone_t``).
+    """
+    sd = _state_dict(obj, source)
+    prefix = _trunk_prefix(sd)
+    if prefix is None:
         raise ValueError(
             f"{source}: no ResNet trunk found (expected keys like 'conv1.weight', "
-            f"'module.encoder_q.conv1.weight' or 'encoder' -> {{...}}); first keys: {list(obj)[:5]}"
+            f"'module.encoder_q.conv1.weight', 'backbone.conv1.weight' or 'encoder' -> {{...}}); "
+            f"first keys: {list(sd)[:5]}"
         )
-    return sd
+    return {k[len(prefix):]: v for k, v in sd.items()
+            if k.startswith(prefix) and torch.is_tensor(v) and not k[len(prefix):].startswith(_HEADS)}
+
+
+# CorrFlow's release (zlai0/CorrFlow models/corrflow.py, submodule.py; saved from nn.DataParallel,
+# hence "module."): ``feature_extraction`` is a ResNet-18 whose blocks hold ``left`` (conv, bn, relu,
+# conv, bn) and ``shortcut`` (conv, bn), ``post_convolution`` the 3x3 conv to 64-d: the network of
+# :class:`stt.models.CorrFlowEncoder`, under other names.
+_CORRFLOW_KEYS = (
+    (r"feature_extraction\.conv1\.0\.", "conv1."),
+    (r"feature_extraction\.conv1\.1\.", "bn1."),
+    (r"feature_extraction\.(layer\d\.\d+)\.left\.0\.", r"\1.conv1."),
+    (r"feature_extraction\.(layer\d\.\d+)\.left\.1\.", r"\1.bn1."),
+    (r"feature_extraction\.(layer\d\.\d+)\.left\.3\.", r"\1.conv2."),
+    (r"feature_extraction\.(layer\d\.\d+)\.left\.4\.", r"\1.bn2."),
+    (r"feature_extraction\.(layer\d\.\d+)\.shortcut\.0\.", r"\1.downsample.0."),
+    (r"feature_extraction\.(layer\d\.\d+)\.shortcut\.1\.", r"\1.downsample.1."),
+    (r"post_convolution\.", "head."),
+)
+
+
+def corrflow_release_state(obj: dict, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """A released CorrFlow checkpoint's encoder with :class:`stt.models.CorrFlowEncoder`'s key
+    names (:data:`_CORRFLOW_KEYS`). A key that no rule renames is an error naming the file and the
+    first such keys: that file is not the released architecture."""
+    import re
+
+    out, unmatched = {}, []
+    for key, v in _state_dict(obj, source).items():
+        k = key.removeprefix("module.")
+        for pattern, repl in _CORRFLOW_KEYS:
+            new, n = re.subn("^" + pattern, repl, k)
+            if n:
+                out[new] = v
+                break
+        else:
+            unmatched.append(key)
+    if unmatched:
+        raise ValueError(f"{source}: not the encoder of CorrFlow's release (feature_extraction = its ResNet18, "
+                         f"post_convolution); {len(unmatched)} keys have no counterpart, first: {unmatched[:5]}")
+    return out
 
 
 def load_encoder_state(encoder: nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -190,20 +252,22 @@ TRAINED_VARIANT = {"moco": "imagenet", "stt": "train", "trunk": "imagenet"}
 
 def trained_as(ckpt: dict) -> tuple[str, str]:
     """(variant, input space) a checkpoint's trunk was trained with: recorded in this project's
-    ``meta``; a file without it (torchvision, MoCo) is a plain ResNet on ImageNet-normalised RGB."""
-    meta = ckpt.get("meta", {}) if isinstance(ckpt, dict) else {}
-    if not meta:
-        return "imagenet", "rgb-imagenet"
-    return meta.get("variant", TRAINED_VARIANT.get(meta.get("kind"), "imagenet")), meta.get("input", "lab")
+    ``meta``; a released STT file (mmcv layout) is the step-2 trunk on Lab (SPEC section 2); any
+    other file (torchvision, MoCo) is a plain ResNet on ImageNet-normalised RGB."""
+    fmt = checkpoint_format(ckpt)
+    if fmt == "project":
+        meta = ckpt["meta"]
+        return meta.get("variant", TRAINED_VARIANT.get(meta.get("kind"), "imagenet")), meta.get("input", "lab")
+    return ("train", "lab") if fmt == "mmcv" else ("imagenet", "rgb-imagenet")
 
 
 def trunk_encoder(ckpt: dict, source: str = "checkpoint", variant: str | None = None,
                   input_space: str | None = None) -> ResNetEncoder:
     """The ResNet trunk of a loaded checkpoint, run as ``variant`` on ``input_space`` (each by
-    default as the checkpoint was trained: :func:`trained_as`). Arch from the meta or the keys."""
+    default as the checkpoint was trained: :func:`trained_as`). Arch from our meta or the keys."""
     trained_variant, trained_input = trained_as(ckpt)
     sd = extract_encoder_state(ckpt, source=source)
-    meta = ckpt.get("meta", {}) if isinstance(ckpt, dict) else {}
+    meta = ckpt["meta"] if checkpoint_format(ckpt) == "project" else {}
     enc = ResNetEncoder(meta.get("arch", infer_arch(sd)), variant or trained_variant, input_space or trained_input)
     load_encoder_state(enc, sd, source=source)
     return enc
@@ -261,27 +325,37 @@ def build_feature_model(spec: str, variant: str = "stride8", seed: int = 0,
     """Build a test-time feature model from a name or a checkpoint path.
 
     ``spec`` is ``"lab"``, ``"random-r18"`` / ``"random-r50"`` (seeded torchvision init) or a
-    checkpoint path (this project's, torchvision's or MoCo's format), fed ``input_space``
-    (default: the one it was trained on, :func:`trained_as`). Returns the model (eval
-    mode) and a description dict: "name" for display, the rest (the file's digest for
-    checkpoints) identifies the weights and keys cached results.
+    checkpoint path (:func:`checkpoint_format`: this project's, torchvision's, MoCo's, a released
+    STT or CorrFlow file), fed ``input_space`` (default: the one it was trained on,
+    :func:`trained_as`; CorrFlow's encoder reads RGB only). Returns the model (eval mode) and a
+    description dict: "name" for display, the rest (the file's digest for checkpoints)
+    identifies the weights and keys cached results.
     """
     stride = {"stride8": 8, "stride4": 4}.get(variant)
     if spec == "lab":
+        if input_space not in (None, "lab"):
+            raise ValueError(f"the lab baseline is the Lab pixels themselves; input space {input_space!r} does not apply")
         return LabPixels(stride or 8).eval(), {"name": "lab", "stride": stride or 8}
     if spec in ("random-r18", "random-r50"):
         torch.manual_seed(seed)
-        enc = ResNetEncoder("resnet18" if spec.endswith("18") else "resnet50", variant)
-        return TrunkFeatures(enc).eval(), {"name": spec, "variant": variant, "seed": seed}
+        enc = ResNetEncoder("resnet18" if spec.endswith("18") else "resnet50", variant, input_space or "lab")
+        desc = {"name": spec, "variant": variant, "seed": seed}
+        if enc.input_space != "lab":  # recorded when not the default, so earlier results folders still match
+            desc["input"] = enc.input_space
+        return TrunkFeatures(enc).eval(), desc
     ckpt = load_checkpoint(spec)
-    meta = ckpt.get("meta", {}) if isinstance(ckpt, dict) else {}
+    fmt = checkpoint_format(ckpt)
     name = "/".join(Path(spec).resolve().parts[-2:])  # e.g. spatial/checkpoint.pth
-    if meta.get("kind") == "corrflow":
+    if fmt == "corrflow" or (fmt == "project" and ckpt["meta"]["kind"] == "corrflow"):
         from .models import CorrFlowEncoder  # its own architecture (stride 4, 64-d, RGB input)
 
+        if input_space not in (None, "rgb"):
+            raise ValueError(f"{spec}: CorrFlow's encoder reads RGB in [0, 1]; input space {input_space!r} does not apply")
         enc = CorrFlowEncoder()
-        load_encoder_state(enc, ckpt["encoder"], source=str(spec))
+        sd = ckpt["encoder"] if fmt == "project" else corrflow_release_state(ckpt, str(spec))
+        load_encoder_state(enc, sd, source=str(spec))
         return enc.eval(), {"name": name, "kind": "corrflow", "file": file_digest(spec)}
     enc = trunk_encoder(ckpt, str(spec), variant, input_space)
-    return TrunkFeatures(enc).eval(), {"name": name, "kind": meta.get("kind", "trunk"), "variant": variant,
-                                       "input": enc.input_space, "file": file_digest(spec)}
+    kind = ckpt["meta"]["kind"] if fmt == "project" else "trunk"
+    return TrunkFeatures(enc).eval(), {"name": name, "kind": kind, "variant": variant, "input": enc.input_space,
+                                       "file": file_digest(spec)}

@@ -10,7 +10,12 @@
     timing.json                          seconds and frames per sequence; "last_run": frames/s
 
 A run that is interrupted resumes at the first sequence without a ``sequences/*.npz``; a run
-with different settings refuses to touch the folder (``overwrite=True`` starts it afresh).
+with different settings refuses to touch the folder, and so does one that finds results but no
+``settings.json`` (their settings are unknown); ``overwrite=True`` starts it afresh. The output
+folder is checked for write access before any compute; a finished evaluation is re-read without
+writing anything (unchanged files are not rewritten), so it can live in a read-only folder.
+A sequence whose first mask has no object is left out of the means with a warning, and listed
+in ``settings.json`` under ``dataset.left_out``.
 
 The accelerator never waits for the host: the next sequence's frames are decoded in a thread
 while this one propagates, features come in large batches, predictions reach the host one
@@ -24,6 +29,7 @@ import os
 import shutil
 import threading
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -33,10 +39,21 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data import DAVIS, cache_dir, data_path, find_davis, resize_short_side, to_tensor
+from .data import (
+    DAVIS,
+    cache_dir,
+    data_path,
+    ensure_writable,
+    find_davis,
+    read_mask,
+    resize_short_side,
+    to_tensor,
+    write_text,
+)
 from .encoder import build_feature_model
 from .metrics import evaluate_davis_sequence, summarize_davis, write_davis_csvs
 from .propagation import (
+    CORRFLOW_PROTOCOL,
     PropagationConfig,
     downsample_labels,
     propagate_recursive,
@@ -56,7 +73,10 @@ def resolve_davis_root(data: str | Path | None) -> tuple[Path, bool]:
     if str(data) == "synthetic":
         from .synthetic import make_synthetic_davis
 
-        return make_synthetic_davis(cache_dir() / "synthetic-davis"), True
+        root = cache_dir() / "synthetic-davis"
+        if not (root / "SETTINGS").is_file():  # not generated yet
+            ensure_writable(root, "cache folder ($STT_CACHE)")
+        return make_synthetic_davis(root), True
     return find_davis(data), False
 
 
@@ -121,27 +141,44 @@ def _atomic_save_npz(path: Path, **arrays) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _check_settings(out: Path, settings: dict, overwrite: bool, subdirs=("predictions", "sequences")) -> None:
+    """Make ``out`` a folder of results computed with ``settings``. Results of other settings are
+    refused, and so are results without a ``settings.json`` (unknown settings); ``overwrite``
+    discards them. Nothing is written when ``out`` already holds these settings."""
     path = out / "settings.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != settings:
-            if not overwrite:
-                diff = {k: (old.get(k), settings.get(k)) for k in set(old) | set(settings) if old.get(k) != settings.get(k)}
-                raise RuntimeError(
-                    f"{out} holds results computed with other settings {diff} (old, new); "
-                    "use another --out, or --overwrite to discard them"
-                )
-            for sub in subdirs:
-                shutil.rmtree(out / sub, ignore_errors=True)
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if old == settings:
+        return
+    if not overwrite:
+        if old is not None:
+            diff = {k: (old.get(k), settings.get(k)) for k in set(old) | set(settings) if old.get(k) != settings.get(k)}
+            raise RuntimeError(
+                f"{out} holds results computed with other settings {diff} (old, new); "
+                "use another --out, or --overwrite to discard them"
+            )
+        found = [f"{sub}/" for sub in subdirs if (out / sub).is_dir() and any((out / sub).iterdir())]
+        if found:
+            raise RuntimeError(
+                f"{out} holds results ({', '.join(found)}) but no settings.json: the settings they were "
+                "computed with are unknown, so they are not reused; use another --out, or --overwrite to discard them"
+            )
+    ensure_writable(out)
+    for sub in subdirs:
+        shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True))
+    write_text(path, json.dumps(settings, indent=2, sort_keys=True))
+
+
+def _feature_model(model: str, stride: int | None, input_space: str | None, device) -> tuple:
+    """The evaluators' :func:`~stt.encoder.build_feature_model`: ``stride`` 8 (default) or 4 (the
+    ``stride4`` trunk variant, STT's "stride 4" rows), ``input_space`` None for the one the
+    checkpoint was trained on. Returns (model on ``device``, description)."""
+    if stride not in (None, 8, 4):
+        raise ValueError(f"stride must be 8 or 4, got {stride}")
+    net, desc = build_feature_model(model, "stride4" if stride == 4 else "stride8", input_space=input_space)
+    if stride is not None and net.stride != stride:
+        raise ValueError(f"{model}: its features have stride {net.stride}; stride {stride} does not apply to it")
+    return net.to(device), desc
 
 
 def _to_host_lagged(maps: Iterator[torch.Tensor]) -> Iterator[np.ndarray]:
@@ -175,25 +212,29 @@ def predict_sequence(model, stride: int, frames: np.ndarray, first_ids: np.ndarr
                      protocol: str = "common", radius: int = 6, square: int | None = None) -> Iterator[np.ndarray]:
     """Propagate the first frame's id map through ``frames``; yields id maps of frames 1..T-1.
 
-    ``protocol``: "common" (SPEC section 5, ``cfg``) or "corrflow" (previous frame only, hard
-    labels, the model's own attention with ``radius``)."""
+    ``protocol``: "common" (SPEC section 5, ``cfg``) or "corrflow" (CorrFlow's own,
+    :data:`~stt.propagation.CORRFLOW_PROTOCOL`: previous frame only, hard labels, the model's own
+    attention with ``radius``; ``cfg`` is not used)."""
+    own = protocol == "corrflow"
+    first_mode = CORRFLOW_PROTOCOL["first_label"] if own else cfg.first_label
+    minmax = CORRFLOW_PROTOCOL["minmax"] if own else cfg.minmax
     size = first_ids.shape
     feats = iter_features(model, frames, short_side, stride, device, square=square)
     first = next(feats)
     first_label = downsample_labels(torch.from_numpy(first_ids).to(device), n_objects + 1,
-                                    first.shape[-2:], cfg.first_label)
+                                    first.shape[-2:], first_mode)
 
     def stream():
         yield first
         yield from feats
 
     with torch.no_grad():
-        if protocol == "corrflow":
-            preds = propagate_recursive(stream(), first_label, radius, hard=True)
+        if own:
+            preds = propagate_recursive(stream(), first_label, radius, hard=CORRFLOW_PROTOCOL["hard"])
         else:
             preds = propagate_video(stream(), first_label, scaled_config(cfg, stride))
         # argmax over a channels-last copy: 7x faster than reducing over the strided dim 0
-        yield from _to_host_lagged(upsample_predictions(soft, size, cfg.minmax).permute(1, 2, 0).contiguous()
+        yield from _to_host_lagged(upsample_predictions(soft, size, minmax).permute(1, 2, 0).contiguous()
                                    .argmax(-1).to(torch.uint8) for soft in preds)
 
 
@@ -209,55 +250,84 @@ def evaluate_davis(
     overwrite: bool = False,
     progress: bool = True,
     protocol: str = "common",
+    stride: int | None = None,
+    input_space: str | None = None,
 ) -> dict:
     """Label propagation on DAVIS and the official metrics; see the module docstring.
 
     Args:
         data: DAVIS folder or data root (default ``$STT_DATA``), or ``"synthetic"``.
-        model: ``identity``, ``lab``, ``random-r18``, ``random-r50`` or a checkpoint path.
+        model: ``identity``, ``lab``, ``random-r18``, ``random-r50`` or a checkpoint path (this
+            project's, torchvision's, MoCo's, a released STT or CorrFlow file).
         short_side: resize frames to this short side (default: native, 480 on DAVIS 480p).
         sequences: subset of sequence names (default: the whole split).
-        protocol: "common" (SPEC section 5, every model) or "corrflow" (CorrFlow checkpoints:
-            recursive from the previous frame, hard labels, the training attention).
+        protocol: "common" (SPEC section 5, every model, ``cfg``) or "corrflow" (CorrFlow
+            checkpoints: :data:`~stt.propagation.CORRFLOW_PROTOCOL`, which has no options: a
+            ``cfg`` other than the default is refused rather than ignored).
+        stride: 8 (default) or 4, the trunk's test-time variant (STT's "stride 4" rows); the
+            radius, given in stride-8 cells, is rescaled.
+        input_space: what the encoder is fed (``lab``, ``rgb-imagenet``, ``rgb``); default: the
+            space the checkpoint was trained on (:func:`stt.encoder.trained_as`).
     Returns:
         the global results (``J&F-Mean``, ``J-Mean``, ...).
     """
     cfg = cfg or PropagationConfig()
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}: expected one of {PROTOCOLS}")
+    if protocol == "corrflow" and cfg != PropagationConfig():
+        default = PropagationConfig().as_dict()
+        changed = {k: v for k, v in cfg.as_dict().items() if v != default[k]}
+        raise ValueError(f"the corrflow protocol has fixed settings ({CORRFLOW_PROTOCOL} and the model's radius); "
+                         f"the common protocol's options {changed} do not apply to it: drop them, or use "
+                         "the common protocol")
     root, synthetic = resolve_davis_root(data)
     ds = DAVIS(root, year=year, sequences=sequences)
     dev = pick_device(device)
     if model == "identity":
         net, desc, stride = None, {"name": "identity"}, 8
     else:
-        net, desc = build_feature_model(model)
-        net, stride = net.to(dev), net.stride
+        net, desc = _feature_model(model, stride, input_space, dev)
+        stride = net.stride
     if protocol == "corrflow" and desc.get("kind") != "corrflow":
         raise ValueError(f"the corrflow protocol needs a CorrFlow checkpoint, got {model}")
+    radius = net_radius(model) if protocol == "corrflow" else None
     if net is None:
         prop = None
     elif protocol == "corrflow":
-        prop = {"protocol": "corrflow", "radius": net_radius(model)}
+        prop = {"protocol": "corrflow", "radius": radius, **CORRFLOW_PROTOCOL}
     else:
         prop = scaled_config(cfg, stride).as_dict()
+    first_masks = {n: ds.sequence(n).masks[0] for n in ds.names}
+    left_out = [n for n, mask in first_masks.items() if not read_mask(mask).any()]
+    for name in left_out:
+        warnings.warn(f"{name}: its first annotation {first_masks[name]} has no object, so there is nothing to "
+                      "propagate; the sequence is left out of the means", stacklevel=2)
+    names = [n for n in ds.names if n not in left_out]
+    if not names:
+        raise ValueError(f"the first annotation of every sequence ({', '.join(ds.names)}) under {ds.root} is "
+                         "empty: no object to propagate or score")
+    dataset = {"root": str(Path(root).resolve()), "year": ds.year, "split": ds.split, "sequences": names,
+               "synthetic": synthetic}
+    if left_out:  # recorded only when there are any, so folders written before this key still match
+        dataset["left_out"] = sorted(left_out)
     settings = {
-        "dataset": {"root": str(Path(root).resolve()), "year": ds.year, "split": ds.split,
-                    "sequences": ds.names, "synthetic": synthetic},
+        "dataset": dataset,
         "model": model_identity(desc),
         "short_side": short_side,
         "propagation": prop,
     }
     out = Path(out)
     _check_settings(out, settings, overwrite)
-    (out / "sequences").mkdir(exist_ok=True)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one frame size per dataset: let cuDNN pick its fastest kernels
     timing_path = out / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
     timing_lock = threading.Lock()
     palette = davis_palette()
-    todo = [n for n in ds.names if not (out / "sequences" / f"{n}.npz").is_file()]
+    todo = [n for n in names if not (out / "sequences" / f"{n}.npz").is_file()]
+    if todo:
+        ensure_writable(out)
+        (out / "sequences").mkdir(exist_ok=True)
     n_frames = {n: len(ds.sequence(n).frames) for n in todo}
     bar = tqdm(total=sum(n_frames.values()), unit="frame", disable=not progress,
                desc=f"{desc['name']} on DAVIS-{ds.year}")
@@ -270,7 +340,7 @@ def evaluate_davis(
         _atomic_save_npz(out / "sequences" / f"{name}.npz", J=res["J"], F=res["F"], objects=res["objects"])
         with timing_lock:
             timing[name] = {"seconds": round(time.time() - t0, 3), "frames": len(preds)}
-            _atomic_write_text(timing_path, json.dumps(timing, indent=2))
+            write_text(timing_path, json.dumps(timing, indent=2))
 
     workers = max(1, min(4, (os.cpu_count() or 2) // 2))
     t_run = time.time()
@@ -296,8 +366,7 @@ def evaluate_davis(
             if net is None:
                 it = (gt[0] for _ in range(len(frames) - 1))
             else:
-                it = predict_sequence(net, stride, frames, gt[0], n_obj, short_side, cfg, dev, protocol,
-                                      net_radius(model) if protocol == "corrflow" else 6)
+                it = predict_sequence(net, stride, frames, gt[0], n_obj, short_side, cfg, dev, protocol, radius)
             for stem, ids in zip(stems[1:], it):
                 pngs.append(writer.submit(_write_png, pred_dir / f"{stem}.png", ids, palette))
                 preds.append(ids)
@@ -310,11 +379,11 @@ def evaluate_davis(
         seconds, frames_done = time.time() - t_run, sum(n_frames.values())
         timing["last_run"] = {"seconds": round(seconds, 3), "frames": frames_done,
                               "frames_per_s": round(frames_done / seconds, 3)}
-        _atomic_write_text(timing_path, json.dumps(timing, indent=2))
+        write_text(timing_path, json.dumps(timing, indent=2))
         if progress:
             print(f"{frames_done} frames in {seconds:.1f} s: {frames_done / seconds:.2f} frames/s")
     per_seq = {}
-    for name in ds.names:
+    for name in names:
         z = np.load(out / "sequences" / f"{name}.npz")
         per_seq[name] = {"J": z["J"], "F": z["F"], "objects": int(z["objects"])}
     global_res, rows = summarize_davis(per_seq)
@@ -342,10 +411,12 @@ def per_sequence_jf(folder: str | Path) -> dict[str, float]:
 
 def evaluate_jhmdb(data=None, model: str = "random-r18", out: str | Path = "runs/eval/jhmdb", size: int = 320,
                    cfg: PropagationConfig | None = None, split: int = 1, sigma: float = 0.5, device: str = "auto",
-                   overwrite: bool = False, progress: bool = True) -> dict:
+                   overwrite: bool = False, progress: bool = True, stride: int | None = None,
+                   input_space: str | None = None) -> dict:
     """Keypoint propagation on JHMDB and PCK (SPEC sections 5-6): frames resized to size x size,
     joints as Gaussian heatmaps on the feature grid + background, the common protocol (radius 5
     stride-8 cells by default), each joint read back as the weighted mean of its top-3 cells.
+    ``stride`` and ``input_space`` as in :func:`evaluate_davis`.
     Writes ``clips/<action>__<clip>.npz`` (predicted joints; the resume points) and ``pck.json``."""
     from .data import JHMDB
     from .metrics import joints_visible, pck
@@ -354,15 +425,16 @@ def evaluate_jhmdb(data=None, model: str = "random-r18", out: str | Path = "runs
     cfg = cfg or PropagationConfig(radius=5)
     ds = JHMDB(data, split)
     dev = pick_device(device)
-    net, desc = build_feature_model(model)
-    net = net.to(dev)
+    net, desc = _feature_model(model, stride, input_space, dev)
     settings = {"dataset": {"root": str(ds.root.resolve()), "split": split, "clips": ds.names}, "size": size,
                 "sigma": sigma, "model": model_identity(desc),
                 "propagation": scaled_config(cfg, net.stride).as_dict()}
     out = Path(out)
     _check_settings(out, settings, overwrite, subdirs=("clips",))
-    (out / "clips").mkdir(exist_ok=True)
     todo = [n for n in ds.names if not (out / "clips" / f"{n.replace('/', '__')}.npz").is_file()]
+    if todo:
+        ensure_writable(out)
+        (out / "clips").mkdir(exist_ok=True)
     for name in tqdm(todo, desc=f"{desc['name']} on JHMDB", unit="clip", disable=not progress):
         frames, joints = ds.load(name)
         size_hw = frames.shape[1:3]
@@ -391,33 +463,36 @@ def evaluate_jhmdb(data=None, model: str = "random-r18", out: str | Path = "runs
     summary.update({f"PCK@{a} per joint": [None if np.isnan(v) else float(v) for v in r["per_joint"]]
                     for a, r in res.items()})
     summary["clips"], summary["frames_scored"] = len(ds.names), int(sum(len(p) for p in preds))
-    _atomic_write_text(out / "pck.json", json.dumps(summary, indent=2))
+    write_text(out / "pck.json", json.dumps(summary, indent=2))
     return summary
 
 
 def evaluate_vip(data=None, model: str = "random-r18", out: str | Path = "runs/eval/vip", size: int = 560,
                  cfg: PropagationConfig | None = None, split: str = "val", device: str = "auto",
-                 overwrite: bool = False, progress: bool = True) -> dict:
+                 overwrite: bool = False, progress: bool = True, stride: int | None = None,
+                 input_space: str | None = None) -> dict:
     """Part propagation on VIP and mIoU (SPEC sections 5-6): frames resized to size x size, the
     first frame's 20-class map as one-hot labels, the common protocol (radius 16 stride-8 cells by
     default), predictions upsampled to the original size; one 20 x 20 confusion matrix over every
-    annotated frame after the first of every video. Writes ``videos/<v>.npz`` (confusion matrix;
-    the resume points) and ``miou.json``."""
+    annotated frame after the first of every video. ``stride`` and ``input_space`` as in
+    :func:`evaluate_davis`. Writes ``videos/<v>.npz`` (confusion matrix; the resume points) and
+    ``miou.json``."""
     from .data import VIP, VIP_CLASSES
     from .metrics import confusion_matrix, mean_iou
 
     cfg = cfg or PropagationConfig(radius=16)
     ds = VIP(data, split)
     dev = pick_device(device)
-    net, desc = build_feature_model(model)
-    net = net.to(dev)
+    net, desc = _feature_model(model, stride, input_space, dev)
     settings = {"dataset": {"root": str(ds.root.resolve()), "split": split, "videos": ds.names}, "size": size,
                 "model": model_identity(desc),
                 "propagation": scaled_config(cfg, net.stride).as_dict()}
     out = Path(out)
     _check_settings(out, settings, overwrite, subdirs=("videos",))
-    (out / "videos").mkdir(exist_ok=True)
     todo = [n for n in ds.names if not (out / "videos" / f"{n}.npz").is_file()]
+    if todo:
+        ensure_writable(out)
+        (out / "videos").mkdir(exist_ok=True)
     for name in tqdm(todo, desc=f"{desc['name']} on VIP", unit="video", disable=not progress):
         frames, labels = ds.load(name)
         first_ids = labels[0].astype(np.int64)
@@ -432,5 +507,5 @@ def evaluate_vip(data=None, model: str = "random-r18", out: str | Path = "runs/e
     miou, per_class = mean_iou(total)
     summary = {"mIoU": miou, "IoU per class": [None if np.isnan(v) else float(v) for v in per_class],
                "videos": len(ds.names)}
-    _atomic_write_text(out / "miou.json", json.dumps(summary, indent=2))
+    write_text(out / "miou.json", json.dumps(summary, indent=2))
     return summary

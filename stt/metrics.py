@@ -152,6 +152,8 @@ def summarize_davis(per_sequence: dict[str, dict]) -> tuple[dict, list[tuple[str
             stats["J"].append(sj)
             stats["F"].append(sf)
             rows.append((f"{seq}_{i + 1}", sj[0], sf[0]))
+    if not rows:
+        raise ValueError(f"no object to score in {len(per_sequence)} sequence(s): every first mask is empty")
     J = np.array(stats["J"]).reshape(-1, 3)
     Fm = np.array(stats["F"]).reshape(-1, 3)
     jm, jr, jd = J.mean(0)
@@ -161,20 +163,25 @@ def summarize_davis(per_sequence: dict[str, dict]) -> tuple[dict, list[tuple[str
 
 
 def write_davis_csvs(out_dir: str | Path, global_res: dict, rows: list, subset: str = "val") -> tuple[Path, Path]:
-    """``global_results-<subset>.csv`` and ``per-sequence_results-<subset>.csv`` (official names, %.3f)."""
+    """``global_results-<subset>.csv`` and ``per-sequence_results-<subset>.csv`` (official names,
+    %.3f), each written only when its content changes (:func:`stt.data.write_text`)."""
+    import io
+
+    from .data import write_text
+
+    def table(header, lines) -> str:
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf)
+        w.writerow(header)
+        w.writerows(lines)
+        return buf.getvalue()
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     g_path = out_dir / f"global_results-{subset}.csv"
     s_path = out_dir / f"per-sequence_results-{subset}.csv"
-    with open(g_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(DAVIS_GLOBAL_COLUMNS)
-        w.writerow([f"{global_res[c]:.3f}" for c in DAVIS_GLOBAL_COLUMNS])
-    with open(s_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["Sequence", "J-Mean", "F-Mean"])
-        for name, j, fm in rows:
-            w.writerow([name, f"{j:.3f}", f"{fm:.3f}"])
+    write_text(g_path, table(DAVIS_GLOBAL_COLUMNS, [[f"{global_res[c]:.3f}" for c in DAVIS_GLOBAL_COLUMNS]]))
+    write_text(s_path, table(["Sequence", "J-Mean", "F-Mean"], [[n, f"{j:.3f}", f"{fm:.3f}"] for n, j, fm in rows]))
     return g_path, s_path
 
 
@@ -212,9 +219,14 @@ def joints_visible(joints: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return (x >= 1) & (x <= W) & (y >= 1) & (y <= H)
 
 
-def pck_threshold(gt: np.ndarray) -> np.ndarray:
-    """0.6 x the diagonal of the bounding box of the ground-truth joints (... x J x 2 -> ...)."""
-    span = gt.max(axis=-2) - gt.min(axis=-2)
+def pck_threshold(gt: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
+    """0.6 x the diagonal of the bounding box of the *visible* ground-truth joints of each frame
+    (gt ... x J x 2, visible ... x J, default all -> ...; 0 where none is visible). As CRW's
+    evaluation: a joint outside the frame is not scored, and does not widen the box either."""
+    vis = np.ones(gt.shape[:-1], bool)[..., None] if visible is None else np.asarray(visible, bool)[..., None]
+    hi = np.where(vis, gt, -np.inf).max(axis=-2)
+    lo = np.where(vis, gt, np.inf).min(axis=-2)
+    span = np.where(vis.any(axis=-2), hi - lo, 0.0)
     return 0.6 * np.hypot(span[..., 0], span[..., 1])
 
 
@@ -222,10 +234,15 @@ def pck(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, alphas=(0.1, 0.2)
     """PCK@alpha (SPEC section 6): a visible joint is correct when its error is at most alpha x
     :func:`pck_threshold`; per joint over all scored frames, then the mean over joints.
 
-    pred, gt: N x J x 2 (frames to score: frame 0 already excluded), visible: N x J.
+    pred, gt: N x J x 2 (frames to score: frame 0 already excluded), visible: N x J. A NaN in
+    ``gt`` is an error naming its frame and joint (it would make every comparison false).
     Returns {alpha: {"per_joint": J array (nan for a joint never visible), "mean": float}}.
     """
-    err = np.linalg.norm(pred - gt, axis=-1) / np.maximum(pck_threshold(gt)[:, None], 1e-9)  # N x J
+    nan = np.argwhere(np.isnan(gt).any(-1))
+    if len(nan):
+        raise ValueError(f"ground-truth joints hold NaN (first: scored frame {nan[0][0]}, joint {nan[0][1]}; "
+                         f"{len(nan)} in all)")
+    err = np.linalg.norm(pred - gt, axis=-1) / np.maximum(pck_threshold(gt, visible)[:, None], 1e-9)  # N x J
     out = {}
     n_vis = visible.sum(0)
     for a in alphas:

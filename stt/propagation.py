@@ -180,6 +180,15 @@ def propagate_video(
         yield pred
 
 
+# CorrFlow's own inference protocol, as its official test.py runs it: each frame from the previous
+# one only (:func:`propagate_recursive`), carrying hard labels; frame 0's labels one-hot on the
+# feature grid; the argmax of the bilinearly upsampled prediction, *without* the per-channel
+# min-max normalisation of the common protocol. It has no other options. (test.py downsamples the
+# id map bilinearly and truncates to an integer, which can put an id between two neighbouring ones
+# along their border; ours takes the nearest pixel's id: "nearest".)
+CORRFLOW_PROTOCOL = {"hard": True, "first_label": "nearest", "minmax": False}
+
+
 def propagate_recursive(features: Iterable[torch.Tensor], first_label: torch.Tensor, radius: int = 6,
                         hard: bool = True) -> Iterator[torch.Tensor]:
     """CorrFlow's own inference protocol: frame t from frame t-1 only, through the training-time

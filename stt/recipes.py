@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .color import kmeans, rgb_to_lab
+from .color import kmeans, load_centroids, rgb_to_lab
 from .data import FrameClips, StillImages, TwoViews, VideoFrames, cache_dir, data_root
 from .encoder import extract_encoder_state, load_checkpoint
 from .models import STT, CorrFlow, MoCo
@@ -313,6 +313,8 @@ def train_corrflow(data=None, out="runs/corrflow", config: str = "small", centro
     by ``stt color-clusters``; by default computed by k-means on the training frames (or read
     back from the checkpoint being resumed)."""
     s = _settings(CORRFLOW, CORRFLOW_COMMON, config, overrides)
+    if isinstance(centroids, (str, Path)):
+        centroids = load_centroids(centroids)  # checked before anything is read or computed
     data = Path(data) if data else default_video_data()
     videos = VideoFrames(data, frame_cache(s["cache"], data), s["fps"], s["short_side"], s["max_videos"],
                          progress=progress)
@@ -320,8 +322,6 @@ def train_corrflow(data=None, out="runs/corrflow", config: str = "small", centro
     clips = FrameClips(videos, n_frames=3, gap=s["gap"], size=s["image_size"],
                        on_device=device_augment(s["augment"], device))
     ck = Path(out) / "checkpoint.pth"
-    if isinstance(centroids, (str, Path)):
-        centroids = torch.load(centroids, weights_only=True)
     if centroids is None and ck.is_file():
         centroids = load_checkpoint(ck)["model"]["centroids"]
     if centroids is None:

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from .data import move_to
+from .data import ensure_writable, move_to, write_text
 
 CHECKPOINT = "checkpoint.pth"
 LOG = "train_log.jsonl"
@@ -173,8 +173,12 @@ def distributed_env() -> tuple[int, int, int]:
 class Trainer:
     """Train ``model`` on ``dataset`` (items indexed by ``(index, seed)`` pairs) into ``out_dir``.
 
-    If ``out_dir`` holds a checkpoint of the same configuration, training resumes from it; a
-    checkpoint of another configuration is an error (use another folder).
+    If ``out_dir`` holds a checkpoint of the same configuration, training resumes from it: from
+    its step, with its history, and ``train_log.jsonl`` cut back to that history (a run killed
+    between checkpoints logged steps that the resumed run computes again). A checkpoint of another
+    configuration, another number of steps (the lr schedule depends on it) or another data source
+    (``meta["data"]``) is an error (use another folder). The output folder is checked for write
+    access before anything is computed.
     """
 
     def __init__(self, model: nn.Module, dataset, cfg: TrainConfig, out_dir, meta: dict | None = None,
@@ -211,6 +215,7 @@ class Trainer:
         self.progress = progress and self.rank == 0
         self.collate_fn = collate_fn
         self.step, self.history = 0, []
+        ensure_writable(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         if (self.out / CHECKPOINT).is_file():
             self._resume(self.out / CHECKPOINT)
@@ -224,19 +229,26 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         ck = load_checkpoint(path)
-        machine = ("steps", "log_every", "ckpt_every", "num_workers", "device", "amp", "channels_last")
+        machine = ("log_every", "ckpt_every", "num_workers", "device", "amp", "channels_last")
         saved = {k: v for k, v in ck["config"].items() if k not in machine}
         mine = {k: v for k, v in self._config_dict().items() if k in saved}
         if saved != mine:
             diff = {k: (saved[k], mine.get(k)) for k in saved if saved[k] != mine.get(k)}
-            raise RuntimeError(f"{path} was trained with other settings {diff} (saved, requested); "
-                               "use another output folder")
+            why = " (the number of steps sets the lr schedule)" if "steps" in diff else ""
+            raise RuntimeError(f"{path} was trained with other settings {diff} (saved, requested){why}; "
+                               "resuming would mix two runs: use another output folder (--out)")
+        data, saved_data = self.meta.get("data"), ck.get("meta", {}).get("data")
+        if data is not None and saved_data is not None and os.path.realpath(data) != os.path.realpath(saved_data):
+            raise RuntimeError(f"{path} was trained on data {saved_data!r}, this run asks for {data!r}; resuming "
+                               "would mix two data sets: use another output folder (--out), or the same data")
         try:
             self.module.load_state_dict(ck["model"])
         except RuntimeError as exc:
             raise ValueError(f"{path}: model state does not fit this model ({exc})") from exc
         self.opt.load_state_dict(ck["optimizer"])
         self.step, self.history = int(ck["step"]), list(ck["history"])
+        if self.rank == 0:  # the log holds what the checkpoint holds: each step once
+            write_text(self.out / LOG, "".join(json.dumps(rec) + "\n" for rec in self.history))
         if self.progress:
             print(f"resuming {path} at step {self.step}/{self.cfg.steps}")
 

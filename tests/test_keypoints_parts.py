@@ -18,9 +18,12 @@ def test_pck_by_hand_with_invisible_joints():
     assert res[0.1]["per_joint"].tolist() == [1.0, 0.0] and res[0.1]["mean"] == 0.5
     res = pck(pred, gt, vis, alphas=(0.25,))  # 7.5 px: both right
     assert res[0.25]["mean"] == 1.0
-    # An invisible joint is not scored; a joint never visible is nan and left out of the mean.
-    res = pck(pred, gt, np.array([[True, False]]), alphas=(0.1,))
-    assert res[0.1]["per_joint"][0] == 1.0 and np.isnan(res[0.1]["per_joint"][1]) and res[0.1]["mean"] == 1.0
+    # An invisible joint is not scored (nor does it widen the box); a joint never visible is nan
+    # and left out of the mean.
+    gt3, pred3 = np.concatenate([gt, [[[900.0, 900.0]]]], 1), np.concatenate([pred, [[[0.0, 0.0]]]], 1)
+    res = pck(pred3, gt3, np.array([[True, True, False]]), alphas=(0.1,))
+    assert res[0.1]["per_joint"][:2].tolist() == [1.0, 0.0] and np.isnan(res[0.1]["per_joint"][2])
+    assert res[0.1]["mean"] == 0.5
     assert joints_visible(np.array([[1.0, 1.0], [0.5, 3.0], [320.0, 240.0], [321.0, 5.0]]), (240, 320)).tolist() == [
         True, False, True, False]
 
