@@ -209,6 +209,14 @@ def paired_difference(a: dict, b: dict, scale: float = 100.0, **kw) -> tuple[flo
     return float(d.mean()), lo, hi, len(keys)
 
 
+def pooled(runs: list[dict]) -> dict:
+    """Several runs of one recipe (other seeds) as one row: the mean score of each sequence over
+    the runs that scored it all (sequence -> score dicts, as :func:`paired_difference` takes).
+    Run-to-run noise averages out; the sequences stay the unit of the interval."""
+    keys = sorted(set.intersection(*(set(r) for r in runs)))
+    return {k: float(np.mean([r[k] for r in runs])) for k in keys}
+
+
 # ---------------------------------------------------------------------------- JHMDB: PCK
 
 

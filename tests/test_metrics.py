@@ -224,6 +224,14 @@ def test_paired_difference_uses_common_sequences_only():
         paired_difference({"x": 1.0}, {"y": 1.0})
 
 
+def test_pooled_runs_average_each_sequence_over_the_runs_that_scored_it():
+    from stt.metrics import pooled
+
+    runs = [{"s1": 0.5, "s2": 0.7, "s3": 0.1}, {"s1": 0.3, "s2": 0.9}, {"s1": 0.4, "s2": 0.8, "s4": 1.0}]
+    assert pooled(runs) == pytest.approx({"s1": 0.4, "s2": 0.8})
+    assert pooled(runs[:1]) == runs[0]
+
+
 def test_per_sequence_jf_averages_objects(tmp_path):
     from stt.evaluate import per_sequence_jf
 
