@@ -174,9 +174,9 @@ print(f"InfoNCE {loss:.4f} (chance level log(1 + K) = {np.log(33):.4f}); positiv
 # Every image's key enters the queue once per epoch, so a queue of $K$ keys spans $K/N$ epochs
 # of an $N$-image training set. MoCo's 65 536 keys are about 5 % of ImageNet's 1.28 M images: a
 # query meets its own image's stale key in the queue with a chance of 5 %, and almost all its
-# negatives really are other images. Frames of videos change this twice over:
+# negatives really are other images. A small set changes this, and frames of videos twice over:
 #
-# * the set is small: with $K \ge N$, *every* query finds $K/N$ stale keys of its own image among
+# * the set is small (a few thousand photographs here): with $K \ge N$, *every* query finds $K/N$ stale keys of its own image among
 #   its "negatives", and the loss asks the network to tell an image from itself;
 # * neighbouring frames of one video are near-duplicates: a query also meets about $K/V$ keys of
 #   its own video ($V$ videos), which are just as hard to call negative.
@@ -191,8 +191,10 @@ print(f"InfoNCE {loss:.4f} (chance level log(1 + K) = {np.log(33):.4f}); positiv
 n_img, n_vid = len(images), images.n_instances
 K_auto = moco_queue_size("auto", n_img, settings["max_queue_fraction"])
 for label, K in [("the earlier small preset", 4096), ("sized from the data", K_auto)]:
+    own = (f"~{K / n_vid:.0f} keys of its own video (of {n_vid})" if n_vid < n_img
+           else "no other image of its own instance (each photograph is one)")
     print(f"K = {K:6d} ({label}): spans {K / n_img:.2f} epochs of the {n_img} images; a query meets "
-          f"{K / n_img:.2f} stale keys of its own image and ~{K / n_vid:.0f} keys of its own video (of {n_vid})")
+          f"{K / n_img:.2f} stale keys of its own image and {own}")
 
 # %% [markdown]
 # Measured: five short runs (300 steps each, the `small` preset of the time otherwise) scored by
@@ -203,24 +205,25 @@ for label, K in [("the earlier small preset", 4096), ("sized from the data", K_a
 display(Markdown(study_table("queue")))
 
 # %% [markdown]
-# Those 8 sequences turned out to be the easier half of the 15: on all of them, the 600-step
-# run of this preset scored 36.3 J&F, no better than raw Lab pixels (36.1), losing the object
-# on the fast sequences (horsejump-high, drift-straight, motocross-jump). The next section
-# finds the main reason.
+# Those 8 sequences turned out to be the easier half of the 15 (the later studies score all 15):
+# with the queue fixed, step 1 on video frames still scored no better than raw Lab pixels on all
+# of them. The next section finds the main reason.
 #
 # ## 5 · The scale of a crop
 #
 # MoCo trains the plain ResNet (a max-pool after the stem: layer1 at 1/4 of the crop), but
 # label propagation uses the test-time trunk *without* the max-pool (SPEC section 1: layer1 at
 # 1/2, layer3 at 1/8). Same weights, but at test time every filter sees the frame at twice the
-# resolution it was trained on. The crop adds to this: a random 20-100 % of a frame, shrunk to
+# resolution it was trained on. The crop adds to this: a random 20-100 % of an image, shrunk to
 # a 96-pixel square, shows objects several times smaller than the evaluated frame does. In
 # numbers: how many pixels of a 240p DAVIS frame one layer1 cell covers, during training (a
-# crop of area fraction $a$ of a 256 x 455 frame, resized to $S$) and at test time:
+# crop of area fraction $a$ of a training image of this run's median size, resized to $S$;
+# the image's short side taken as the frame's) and at test time:
 
 # %%
-H, W = settings["short_side"], round(settings["short_side"] * 16 / 9)  # a 16:9 training frame
+H, W = np.median([images.get(i).shape[:2] for i in range(0, len(images), max(1, len(images) // 50))], 0)
 S, test_cell = settings["image_size"], 2  # layer1 at /2 of the evaluated frame, no max-pool
+print(f"median training image: {W:.0f} x {H:.0f} px")
 rows = ["| crop area | resize | one layer1 cell in training (240p px) | at test time | ratio |", "|---|---|---|---|---|"]
 for a in (1.0, 0.6, 0.2, 0.08):
     zoom = S / np.sqrt(a * H * W)  # crop pixels per frame pixel
@@ -229,18 +232,17 @@ for a in (1.0, 0.6, 0.2, 0.08):
 display(Markdown("\n".join(rows)))
 
 # %% [markdown]
-# Smaller crops, enlarged more, close part of the gap; too small, and the two views of a frame
-# share too little for the contrastive task to be learnable (the loss stays near chance).
-# Measured by `python studies/run.py step1`: 600-step runs scored on **all 15** sequences.
-# The `small` preset takes `crop_scale = (0.08, 0.4)`, its best row (*ours*: a departure from
-# MoCo v2's 0.2-1.0, which the `full` preset keeps for ImageNet, where the network learns many
-# scales from many images). The same table holds a 300-step run of this recipe, which section 8
-# compares with this notebook's 600-step run, and a 900-step one: 39.0 J&F, within the noise of
-# 600 steps. On these 2.7 k frames step 1 levels off near 40 J&F; more (and other) images are
-# the untested lever, which the `full` preset's ImageNet provides.
+# Smaller crops, enlarged more, close part of the gap; too small, and the two views of an image
+# share too little for the contrastive task to be learnable (the loss stays near chance). On
+# video frames this was worth several points (`studies/results/step1.md`), and the `small`
+# preset takes `crop_scale = (0.08, 0.4)` (*ours*: a departure from MoCo v2's 0.2-1.0, which
+# the `full` preset keeps for the whole of ImageNet, where the network learns many scales from
+# many images). On the photographs, `python studies/run.py photos` compares at equal compute:
+# MoCo's crops, the local crops, larger views (128 px, fewer steps), and the local crops on the
+# videos' frames instead of photographs, each 600-step run scored on all 15 sequences:
 
 # %%
-display(Markdown(study_table("step1")))
+display(Markdown(study_table("photos")))
 
 # %% [markdown]
 # ## 6 · Training
@@ -293,7 +295,7 @@ assert np.isfinite(loss_).all()
 # %% [markdown]
 # ## 7 · What did it learn? Nearest neighbours and dense similarity
 #
-# **Image level.** Embed a few hundred training frames with the query encoder (trained vs the
+# **Image level.** Embed a few hundred training images with the query encoder (trained vs the
 # same network at random initialisation) and show each query frame's nearest neighbours.
 
 # %%
@@ -383,7 +385,7 @@ lines = ["| model | J&F | 95 % CI | step 1 minus this [95 % CI] | J | F | traini
 for label, r in results.items():
     lo, hi = bootstrap_ci([100 * v for v in per_seq[label].values()])
     diff = "" if label == ours else "{:+.1f} [{:+.1f}, {:+.1f}]".format(*paired_difference(per_seq[ours], per_seq[label])[:3])
-    train_desc = (f"{ckpt['step']} steps x {settings['batch_size']} on {len(images)} frames" if label == ours
+    train_desc = (f"{ckpt['step']} steps x {settings['batch_size']} on {len(images)} images" if label == ours
                   else "none")
     lines.append(f"| {label} | {100 * r['J&F-Mean']:.1f} | [{lo:.1f}, {hi:.1f}] | {diff} | {100 * r['J-Mean']:.1f} "
                  f"| {100 * r['F-Mean']:.1f} | {train_desc} | {data_desc} |")
@@ -395,26 +397,23 @@ table = "\n".join(lines)
 display(Markdown(table))
 
 # %% [markdown]
-# **More steps.** The step-1 study (section 5) trained this preset for 300 and 600 steps on
-# the same data, with the same seed. Paired by sequence against this notebook's run: longer
-# training should not make the features worse (the failure that led to section 4 did exactly
-# that). The study's 600-step row is the same recipe with the same seed: it should come close
-# to this run, not equal it (bf16 and multi-threaded CPU kernels do not add up bit-exactly, and
-# small differences grow over 600 steps).
+# **Photographs or frames, and this run's twin.** The photographs study (section 5) trained this
+# preset's recipe once more (`local-crops`, the same seed: it should come close to this run, not
+# equal it, as bf16 and multi-threaded CPU kernels do not add up bit-exactly over 600 steps) and
+# its alternatives, among them the same recipe on the frames of the training videos (the data
+# this step used before). Each, paired by sequence, minus this notebook's run:
 
 # %%
-study = study_results("step1")
+study = study_results("photos")
 if not synthetic and eval_short_side == 240 and study:  # the study's protocol
-    scale_ = str(tuple(settings["crop_scale"]))
     for name, r in study.items():
-        same_recipe = r["recipe"] == "spatial" and r["settings"].get("crop_scale") == scale_ and \
-            set(r["settings"]) <= {"steps", "crop_scale"}
-        if same_recipe:
+        if r["recipe"] == "spatial":
             d, lo, hi, n = paired_difference(r["jf"], per_seq[ours])
-            print(f"study {name!r} ({r['settings']['steps']} steps): {100 * np.mean(list(r['jf'].values())):.1f} J&F; "
-                  f"minus this run's ({ckpt['step']} steps): {d:+.1f} [{lo:+.1f}, {hi:+.1f}] over {n} sequences")
+            print(f"study {name!r} ({', '.join(f'{k}={v}' for k, v in r['settings'].items())}): "
+                  f"{100 * np.mean(list(r['jf'].values())):.1f} J&F; minus this run: {d:+.1f} [{lo:+.1f}, {hi:+.1f}] "
+                  f"over {n} sequences")
 else:
-    print("not comparable: the study scored real DAVIS at short side 240 (`python studies/run.py step1`)")
+    print("not comparable: the study scored real DAVIS at short side 240 (`python studies/run.py photos`)")
 
 # %% [markdown]
 # ## Summary
@@ -424,12 +423,13 @@ else:
 # * Its trunk (not the MLP head) is saved in torchvision layout as the checkpoint's `encoder`:
 #   step 2 loads it as its initialisation and as the frozen teacher of the global correlation
 #   distillation.
-# * Two things the papers' ImageNet scale hides decide whether it works on a few thousand video
-#   frames: a queue sized from the data (section 4), and crops at the scale the test-time
-#   encoder sees (section 5).
+# * It learns from still photographs, not from the videos step 2 learns from: the spatial cues
+#   GCD keeps in step 2 are ones the videos do not hold (section 2).
+# * Two things the papers' ImageNet scale hides matter on a few thousand images: a queue sized
+#   from the data (section 4), and crops at the scale the test-time encoder sees (section 5).
 # * Whether it helps label propagation at this scale is measured above, not assumed: a few
-#   hundred CPU steps on ~2.7 k frames are a tiny fraction of the paper's 200 ImageNet epochs
-#   (printed after training).
+#   hundred CPU steps on a few thousand images are a tiny fraction of the paper's 200 ImageNet
+#   epochs (printed after training).
 #
 # ## Exercises
 #
