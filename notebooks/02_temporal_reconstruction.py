@@ -210,7 +210,7 @@ print(f"L_gcd = {gcd_by_hand:.4f}; the teacher's rows are far sharper (temperatu
 # that checkpoint expects (RGB with ImageNet statistics for its DetCo teacher; Lab for our
 # MoCo step 1, which trained on Lab). `stt.models.STT` does the same by default: it reads the
 # variant and the input space from the step-1 checkpoint (`teacher_variant` / `teacher_input`
-# override them; `"train"` is the earlier choice, kept for the ablation in section 8).
+# override them; `"train"` is the earlier choice, kept for the ablation of section 7).
 #
 # The teacher's global correlation $G_t$ on training pairs, in both configurations: for a few
 # target cells, the row of $G_t$ over the reference's $8\times8$ cells. Two frames one stored
@@ -334,7 +334,7 @@ for S in sorted({settings["image_size"], 256}):
           f"the official normaliser is {side**2 / per_query:.1f}x larger")
 
 # %% [markdown]
-# ## 4 · Training: full STT and temporal-only, with equal budgets
+# ## 5 · Training: full STT and temporal-only, with equal budgets
 #
 # * **full STT**: initialised from step 1, GCD against the frozen step-1 teacher, pyramid + LCD;
 # * **temporal-only**: random initialisation, no GCD (pyramid + LCD), the paper's ablation.
@@ -348,11 +348,15 @@ for S in sorted({settings["image_size"], 256}):
 # ```
 #
 # The `small` preset's learning rate and length come from short runs of full STT scored on all
-# 15 development sequences (`python studies/run.py temporal`, about 15 minutes a 300-step row
-# on 2 CPU cores): four times the paper's learning rate (4e-4 instead of 1e-4) gains 2.5 J&F
-# at 300 steps; starting from the step 1 with local crops (notebook 01, section 5) gains 4 more;
-# 900 steps instead of 300 another 2.7 (95 % interval [+0.5, +4.9], paired by sequence). The
-# frame gap stays the paper's (1 stored frame at 6 fps, about 5 raw frames).
+# 15 development sequences (`python studies/run.py temporal`, made before step 1 had
+# photographs and before the teacher and LCD followed the official code): four times the
+# paper's learning rate (4e-4 instead of 1e-4) and 900 steps instead of 300 each helped, by
+# intervals clear of 0; a frame gap of 2 and leaving out static clips did not. The frame gap
+# stays the paper's (1 stored frame at 6 fps, about 5 raw frames). Extra rows (`ablations`):
+# `no_pyramid`, `no_lcd`, `no_gcd` (step 1 as initialisation only), `T0.3`, `T0.5`, `Tnone`,
+# and the earlier choices this notebook replaced: `teacher_student_config` (the teacher in the
+# student's configuration), `lcd_windowed` (the earlier LCD normaliser and uncertainty),
+# `lcd_per_column` (the release's threshold).
 
 # %%
 display(Markdown(study_table("temporal")))
@@ -365,6 +369,8 @@ runs = {  # label: (output folder, settings)
 ablation_flags = {
     "no_pyramid": dict(pyramid=False), "no_lcd": dict(lcd=False), "no_gcd": dict(gcd=False, teacher=None),
     "T0.3": dict(lcd_keep=0.3), "T0.5": dict(lcd_keep=0.5), "Tnone": dict(lcd_keep=None),
+    "teacher_student_config": dict(teacher_variant="train"), "lcd_windowed": dict(lcd_form="windowed"),
+    "lcd_per_column": dict(lcd_threshold="per-column"),
 }
 for name in [a.strip() for a in ablations.split(",") if a.strip()]:
     runs[f"full STT, {name}"] = (f"temporal-full-{name}", {**dict(init=step1, teacher=step1), **ablation_flags[name]})
@@ -391,7 +397,7 @@ save_figure(fig, "02_training_curves", fig_dir)
 plt.show()
 
 # %% [markdown]
-# ## 5 · Reconstructions and the uncertainty map
+# ## 6 · Reconstructions and the uncertainty map
 #
 # The trained full-STT model reconstructs the dropped channel of a training pair through its /4
 # affinity (left to right: truth, reconstruction by the trained model, by the untrained
@@ -440,7 +446,7 @@ err = {k: float((torch.nn.functional.interpolate(v, size=256, mode="bilinear") -
 print(f"mean |error| of the reconstructed channel on this pair: trained {err['trained']:.4f}, untrained {err['untrained']:.4f}")
 
 # %% [markdown]
-# ## 6 · Label propagation on DAVIS
+# ## 7 · Label propagation on DAVIS
 #
 # The four rows the paper's claim is about, all with the protocol of notebook 04 (STT
 # defaults) at the same resolution. Rows computed by earlier notebooks in this run folder are
@@ -491,39 +497,25 @@ for other in ("STT step 2: temporal-only", "STT step 1 (MoCo v2)", "random-r18")
 # %% [markdown]
 # **Reading the first line.** The paper's margin of full STT over temporal-only (70.7 vs 69.2) is
 # 1.5 J&F after 800 epochs; at this scale the interval over 15 sequences is several points wide,
-# so the two are expected to be hard to tell apart. There is also a reason step 1 has less to
-# give here than in the paper: there it learns from ImageNet's 1.28 M images, spatial cues
-# that step 2's videos do not hold, and GCD is there to keep them.
-# Here step 1 trains on the very frames step 2 reconstructs, so it brings no image step 2 could
-# not see, and GCD ties the student to a teacher (step 1's row in the table) that scores below
-# what reconstruction reaches on its own. Step 1 on a larger, different image set (`--data` of
-# `stt train spatial`) is the experiment that would test this; the `full` preset does it
-# (ImageNet), the `small` and `gpu` presets do not.
-#
-# The temporal study (section 4) splits full STT's two uses of step 1 apart: the same 900-step
-# run from the same step 1 with GCD at the paper's weight (50), at a tenth of it (5), and with
-# step 1 as the initialisation only (no GCD). Each line below is the initialisation-only run
-# minus the other; if GCD helped here, they would be negative. (Full STT from a 900-step step 1,
-# also in the study table, is no better: step 1 itself does not improve past 600 steps here.
-# Run to run, with other seeds (`*-seed1` in the study table): temporal-only 50.1 J&F against
-# the `small` run's 50.2; full STT 50.7 against the study's 50.8 and the `small` run's 48.2.
-# Averaged over these runs, the two are equal within the noise.)
+# and two runs of one recipe differ by a point or two, so one run of each cannot settle it.
+# `python studies/run.py stt` trains the same recipes with another seed and one variant of full
+# STT per change this notebook teaches (sections 3 and 4), each undone: notebook 06, section 6,
+# pools the runs and tabulates them. What each change did, from that study (same step 1, same
+# seed; "full STT minus this" above 0 means the change helps):
 
 # %%
-study = study_results("temporal")
-if {"lc-lr4e-4-900-init-only", "lc-lr4e-4-900"} <= set(study):
-    init_only = study["lc-lr4e-4-900-init-only"]["jf"]
-    others = {"full STT": study["lc-lr4e-4-900"]["jf"]}
-    if "lc-lr4e-4-900-wgcd5" in study:
-        others["full STT with w_gcd 5"] = study["lc-lr4e-4-900-wgcd5"]["jf"]
-    if not synthetic and eval_short_side == 240:  # the study's protocol
-        others["this run's temporal-only"] = per_seq["STT step 2: temporal-only"]
-    for what, jf in others.items():
-        d, lo, hi, n = paired_difference(init_only, jf)
-        print(f"temporal study: step 1 as initialisation only, minus {what}: "
-              f"{d:+.1f} J&F [{lo:+.1f}, {hi:+.1f}] over {n} sequences")
+stt_study = study_results("stt")
+undone = {"undo-teacher": "the teacher in the student's configuration (section 3)",
+          "undo-lcd": "the earlier LCD normaliser and uncertainty (section 4)",
+          "undo-photos": "step 1 on the videos' frames instead of photographs (notebook 01)",
+          "init-only": "no GCD: step 1 as the initialisation only"}
+if "full" in stt_study and any(v in stt_study for v in undone):
+    for v, what in undone.items():
+        if v in stt_study:
+            d, lo, hi, n = paired_difference(stt_study["full"]["jf"], stt_study[v]["jf"])
+            print(f"full STT minus {what}: {d:+.1f} J&F [{lo:+.1f}, {hi:+.1f}] over {n} sequences")
 else:
-    print("run `python studies/run.py temporal --only lc-lr4e-4-900,lc-lr4e-4-900-init-only` for this comparison")
+    print("run `python studies/run.py stt` for these comparisons")
 
 # %% [markdown]
 # ## Summary
@@ -532,9 +524,10 @@ else:
 #   dropped channel can only be recovered by finding where each pixel came from.
 # * Local windows are both a prior (small motion) and a necessity (memory); computed tile-wise
 #   they equal the dense masked form exactly, at a fraction of its memory.
-# * GCD keeps step 1's global correlations; LCD lets the sharp /4 affinity teach the /8 one
-#   where it hesitates. The measured table above says how much each helps at this scale; the
-#   paper's gaps (70.7 vs 69.2) are small even at 800 YouTube-VOS epochs.
+# * GCD keeps step 1's global correlations, computed by the teacher exactly as step 1 trained
+#   it; LCD lets the sharp /4 affinity teach the /8 one where it hesitates, normalised over all
+#   HW reference positions as the official loss. The measured tables above say how much each
+#   helps at this scale; the paper's gaps (70.7 vs 69.2) are small even at 800 YouTube-VOS epochs.
 #
 # ## Exercises
 #

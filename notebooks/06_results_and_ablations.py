@@ -148,7 +148,9 @@ plt.show()
 abl_names = {"temporal-only": "temporal-only", "temporal-full": "full STT (T = 0.7)",
              "temporal-full-no_pyramid": "no pyramid", "temporal-full-no_lcd": "no LCD",
              "temporal-full-no_gcd": "no GCD", "temporal-full-T0.3": "T = 0.3", "temporal-full-T0.5": "T = 0.5",
-             "temporal-full-Tnone": "T = none (all pixels)"}
+             "temporal-full-Tnone": "T = none (all pixels)",
+             "temporal-full-teacher_student_config": "teacher in the student's configuration",
+             "temporal-full-lcd_windowed": "LCD, earlier normaliser", "temporal-full-lcd_per_column": "LCD, release's threshold"}
 present = [k for k in abl_names if k in same]
 missing = [abl_names[k] for k in abl_names if k not in same]
 fig, ax = plt.subplots(figsize=(7, 0.45 * max(1, len(present)) + 1))
