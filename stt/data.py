@@ -428,7 +428,7 @@ class VideoFrames:
                     npy = npys[src]
                     if not npy.is_file():
                         frames, _ = read_video(src, fps, short_side)
-                        tmp = npy.with_suffix(".tmp.npy")
+                        tmp = npy.with_name(f"{npy.stem}.{os.getpid()}.tmp.npy")  # two processes never share one
                         np.save(tmp, frames)
                         tmp.replace(npy)
                         for stale in _stale_caches(npy):  # earlier versions of the same file

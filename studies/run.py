@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -205,8 +206,11 @@ def main(argv=None) -> int:
         if (a.only and name not in a.only.split(",")) or a.table_only:
             continue
         print(f"[{a.study}] {name}: {recipe} {settings}", flush=True)
-        results[name] = run_variant(a.study, name, recipe, settings, sequences, ds.root)
-        path.write_text(json.dumps(results, indent=2))
+        result = run_variant(a.study, name, recipe, settings, sequences, ds.root)
+        results = {**study_results(a.study), name: result}  # re-read: another process may have added variants
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(path)  # whole or absent, for a process reading it meanwhile
         print(f"[{a.study}] {name}: J&F {100 * np.mean(list(results[name]['jf'].values())):.1f}", flush=True)
     if ref in results:
         (out_dir / f"{a.study}.md").write_text(table(a.study, ref, {k: results[k] for k in variants if k in results}))
