@@ -42,7 +42,7 @@ def dense_step(model: STT, batch: torch.Tensor, gen: torch.Generator) -> torch.T
     sp = lambda t: (t.view(B, 2, *t.shape[1:])[:, 0], t.view(B, 2, *t.shape[1:])[:, 1])  # noqa: E731
     (r4, t4), (r8, t8), (s_r, s_t) = sp(f["layer2"]), sp(f["layer3"]), sp(f["layer4"])
     with torch.no_grad():
-        t_r, t_t = sp(model.teacher(lab.flatten(0, 1), levels=("layer4",))["layer4"])
+        t_r, t_t = sp(model.teacher(model.teacher.preprocess(batch.flatten(0, 1)), levels=("layer4",))["layer4"])
     out = stt_losses_dense_reference(r4, t4, r8, t8, lab[:, 0, ch : ch + 1], lab[:, 1, ch : ch + 1],
                                      model.r4, model.r8, model.lcd_keep, s_r, s_t, t_r, t_t)
     return sum(WEIGHTS[k] * v for k, v in out.items())
@@ -58,7 +58,7 @@ def worker(kind: str, part: str, batch: int, size: int, device: str, q) -> None:
         with torch.no_grad():
             lab = rgb_to_normalized_lab(x)
             f = model.encoder(lab.flatten(0, 1), levels=("layer2", "layer3", "layer4"))
-            t = model.teacher(lab.flatten(0, 1), levels=("layer4",))["layer4"]
+            t = model.teacher(model.teacher.preprocess(x.flatten(0, 1)), levels=("layer4",))["layer4"]
         sp = lambda z: [v.detach().requires_grad_() for v in z.view(batch, 2, *z.shape[1:]).unbind(1)]  # noqa: E731
         (r4, t4), (r8, t8), (s_r, s_t) = sp(f["layer2"]), sp(f["layer3"]), sp(f["layer4"])
         t_r, t_t = t.view(batch, 2, *t.shape[1:]).unbind(1)
@@ -71,20 +71,10 @@ def worker(kind: str, part: str, batch: int, size: int, device: str, q) -> None:
     with PeakRSS() as mem:
         if part == "step":
             loss = model(x, gen)["loss"] if kind == "windowed" else dense_step(model, x, gen)
-        elif kind == "windowed":
-            from stt.affinity import local_correlation
-            from stt.losses import (global_correlation_distillation, local_correlation_distillation,
-                                    pool_fine_affinity, reconstruction_loss, uncertainty, uncertainty_mask)
-
-            c4 = local_correlation(t4, r4, 12)
-            a4 = (c4 / t4.shape[1] ** 0.5).softmax(-1)
-            c8 = local_correlation(t8, r8, 6)
-            a8 = (c8 / t8.shape[1] ** 0.5).softmax(-1)
-            loss = (reconstruction_loss(a4, y_ref, y_tar, 12, 4) + reconstruction_loss(a8, y_ref, y_tar, 6, 8)
-                    + 1000 * local_correlation_distillation(a8, pool_fine_affinity(a4.detach(), 12, 6),
-                                                            uncertainty_mask(uncertainty(c8.detach()), 0.7),
-                                                            torch.isfinite(c8))
-                    + 50 * global_correlation_distillation(s_t, s_r, t_t, t_r))
+        elif kind == "windowed":  # the model's own losses on the same leaves (frames interleaved ref, tar)
+            inter = lambda r, t: torch.stack([r, t], 1).flatten(0, 1)  # noqa: E731
+            feats = {"layer2": inter(r4, t4), "layer3": inter(r8, t8), "layer4": inter(s_r, s_t)}
+            loss = model.losses(feats, lab, 1, batch, size, inter(t_r, t_t))["loss"]
         else:
             out = stt_losses_dense_reference(r4, t4, r8, t8, y_ref, y_tar, 12, 6, 0.7, s_r, s_t, t_r, t_t)
             loss = sum(WEIGHTS[k] * v for k, v in out.items())
