@@ -244,7 +244,10 @@ plt.show()
 # %% [markdown]
 # ## 4 · CorrFlow on DAVIS, both protocols, next to STT
 #
-# * **own protocol**: recursive from the previous frame only, hard labels, the training attention;
+# * **own protocol** (`stt.propagation.CORRFLOW_PROTOCOL`, as its official test code):
+#   recursive from the previous frame only, hard labels, the training attention, frame 0's labels
+#   one-hot, and the argmax of the upsampled prediction without the common protocol's per-channel
+#   min-max normalisation;
 # * **common protocol** (SPEC section 5): first frame + 20 previous frames, top-10, the same
 #   window in pixels as the stride-8 models (24 cells at stride 4), $\tau = 0.07$.
 
