@@ -123,6 +123,7 @@ STUDIES = {
         "local-crops": ("spatial", dict(steps=600, crop_scale=LOCAL_CROP_SCALE)),
         # larger views at the same compute: 128 px costs (128 / 96)^2 = 1.78x a 96 px step
         "local-crops-128": ("spatial", dict(steps=340, crop_scale=LOCAL_CROP_SCALE, image_size=128)),
+        "local-crops-b32": ("spatial", dict(steps=1200, batch_size=32, crop_scale=LOCAL_CROP_SCALE)),  # more steps, same compute
         "video-frames": ("spatial", dict(steps=600, crop_scale=LOCAL_CROP_SCALE, data="videos")),
         "r50": ("spatial", dict(steps=600, crop_scale=LOCAL_CROP_SCALE, arch="resnet50")),  # a stronger teacher?
         **BASELINES,
