@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .color import kmeans, load_centroids, rgb_to_lab
-from .data import FrameClips, StillImages, TwoViews, VideoFrames, cache_dir, data_root
+from .data import FrameClips, StillImages, TwoViews, VideoFrames, cache_dir, data_root, ensure_writable
 from .encoder import extract_encoder_state, load_checkpoint
 from .models import STT, CorrFlow, MoCo
 from .train import TrainConfig, Trainer, distributed_env, resolve_device
@@ -146,6 +146,7 @@ def train_spatial(data=None, out="runs/spatial", config: str = "small", progress
     Returns the checkpoint path; its ``"encoder"`` entry is the trunk STT step 2 loads.
     """
     s = _settings(SPATIAL, SPATIAL_COMMON, config, overrides)
+    ensure_writable(out, "training folder")  # before any image is read or cached
     data = Path(data) if data else default_image_data()
     images = StillImages(data, cache_dir() / "frames", s["fps"], s["short_side"], s["max_videos"], progress=progress)
     s["queue_size"] = moco_queue_size(s["queue_size"], len(images), s["max_queue_fraction"],
@@ -213,6 +214,7 @@ def train_temporal(data=None, out="runs/temporal", config: str = "small", init=N
             s["batch_size"] = R50_TEMPORAL["full_batch_size"]
     if s["gcd"] and teacher is None:
         raise ValueError("GCD needs the step-1 teacher checkpoint (teacher=...), or gcd=False")
+    ensure_writable(out, "training folder")  # before any video is decoded into the frame cache
     data = Path(data) if data else default_video_data()
     videos = VideoFrames(data, frame_cache(s["cache"], data), s["fps"], s["short_side"], s["max_videos"],
                          progress=progress)
@@ -315,6 +317,7 @@ def train_corrflow(data=None, out="runs/corrflow", config: str = "small", centro
     s = _settings(CORRFLOW, CORRFLOW_COMMON, config, overrides)
     if isinstance(centroids, (str, Path)):
         centroids = load_centroids(centroids)  # checked before anything is read or computed
+    ensure_writable(out, "training folder")  # before any video is decoded into the frame cache
     data = Path(data) if data else default_video_data()
     videos = VideoFrames(data, frame_cache(s["cache"], data), s["fps"], s["short_side"], s["max_videos"],
                          progress=progress)

@@ -390,6 +390,45 @@ def test_read_only_cache_and_training_folder_fail_before_compute(tmp_path, deny_
         resolve_davis_root("synthetic")
 
 
+@pytest.mark.parametrize("recipe", ["spatial", "temporal", "corrflow"])
+def test_read_only_training_out_fails_before_any_video_is_decoded(recipe, tmp_path, deny_writes, monkeypatch, capsys):
+    from stt import data
+    from stt.cli import main
+    from stt.synthetic import render_sequence
+
+    (tmp_path / "v").mkdir()
+    write_mp4(tmp_path / "v" / "a.mp4", render_sequence(1, 6, (48, 64))[0])
+    monkeypatch.setenv("STT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "read_video", lambda *a, **kw: pytest.fail("decoded before the writability check"))
+    (tmp_path / "ro").mkdir()
+    deny_writes.append(tmp_path / "ro")
+    flags = ["--temporal-only"] if recipe == "temporal" else []
+    code = main(["train", recipe, "--config", "smoke", "--data", str(tmp_path / "v"), "--out", str(tmp_path / "ro"),
+                 "--device", "cpu", *flags])
+    assert code == 2 and f"training folder {tmp_path / 'ro'} is not writable" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()  # nothing decoded, nothing cached
+
+
+def test_color_clusters_checks_its_out_before_kmeans_and_makes_missing_folders(tmp_path, deny_writes, monkeypatch,
+                                                                               capsys):
+    from stt import recipes
+    from stt.cli import main
+    from stt.synthetic import render_sequence
+
+    (tmp_path / "v").mkdir()
+    write_mp4(tmp_path / "v" / "a.mp4", render_sequence(1, 6, (48, 64))[0])
+    monkeypatch.setenv("STT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "ro").mkdir()
+    deny_writes.append(tmp_path / "ro")
+    with monkeypatch.context() as m:
+        m.setattr(recipes, "color_clusters", lambda *a, **kw: pytest.fail("k-means ran before the check"))
+        code = main(["color-clusters", "--data", str(tmp_path / "v"), "--out", str(tmp_path / "ro" / "c.pt"), "--k", "4"])
+    assert code == 2 and f"folder for --out {tmp_path / 'ro'} is not writable" in capsys.readouterr().err
+    out = tmp_path / "new" / "sub" / "c.pt"
+    assert main(["color-clusters", "--data", str(tmp_path / "v"), "--out", str(out), "--k", "4", "--frames", "4"]) == 0
+    assert torch.load(out).shape == (4, 2) and not out.with_name("c.pt.tmp").exists()
+
+
 # ---------------------------------------------------------------------------- row 10: --centroids
 
 
