@@ -100,7 +100,7 @@ step1 = run_dir / "spatial" / "checkpoint.pth"
 ck1 = load_checkpoint(step1) if step1.is_file() else None
 if ck1 is None or ck1["step"] < ck1["config"]["steps"]:
     print(f"step-1 checkpoint {step1} missing or unfinished: training it here (as notebook 01 does)")
-    step1 = train_spatial(videos_path, run_dir / "spatial", config, device=device)
+    step1 = train_spatial(None, run_dir / "spatial", config, device=device)  # photographs when there are some
 else:
     print(f"step 1: loading {step1} (step {ck1['step']})")
 print(f"training data: {videos_path}\npreset {config!r}: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
