@@ -279,9 +279,10 @@ print("\n".join(verdicts))
 # the same sequences and protocol. Below, this run's STT rows are pooled with the study's runs
 # of the same recipes (each sequence's J&F averaged over the runs: `stt.metrics.pooled`). The
 # study's `full` and `temporal-only` rows share this run's seed 0 (initial weights, data order,
-# augmentation) yet need not repeat it bit for bit: training is bit-identical run to run at one
-# revision of the code, but the study may have run at another, and small numerical differences
-# grow over 900 steps. The first lines printed below say how far apart they are. The
+# augmentation) yet need not repeat it bit for bit: a training run twice in one checkout repeats
+# exactly, but the study may have run in another (other revisions of the code, another frame
+# cache), and small numerical differences grow over 900 steps. The first lines printed below say
+# how far apart they are. The
 # study's variants are compared with its own full-STT run (same step 1, same seed): "full STT
 # minus this" above 0 means that part helps.
 
