@@ -289,7 +289,6 @@ print("\n".join(verdicts))
 # %%
 stt_study = study_results("stt")
 REPEATS = {"temporal-full": ("full", "full-seed1"), "temporal-only": ("temporal-only", "temporal-only-seed1")}
-SAME_SEED = {"temporal-full": "full", "temporal-only": "temporal-only"}  # the study's seed-0 runs of this run's recipes
 comparable = bool(stt_study) and not ref["dataset"]["synthetic"] and ref["short_side"] == 240 and all(
     set(r["jf"]) == set(ref["dataset"]["sequences"]) for r in stt_study.values())
 lines = []
@@ -304,7 +303,7 @@ if comparable and all(k in per_seq for k in REPEATS):
                               stt_study["init-only"]["jf"], 0.0))
     if "lab" in per_seq:
         pooled_claims.append((f"{full_desc} is at least 15 J&F above raw Lab pixels", per_seq["lab"], 15.0))
-    for k, v in SAME_SEED.items():
+    for k, (v, *_) in REPEATS.items():  # the first of each: the study's seed-0 run of this run's recipe
         if v in stt_study:
             d, lo, hi, n = paired_difference(per_seq[k], stt_study[v]["jf"])
             print(f"this run's {k} minus the study's seed-0 run of the same recipe ({v}): {d:+.2f} J&F [{lo:+.2f}, {hi:+.2f}]")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -109,19 +108,16 @@ def cmd_train_corrflow(a) -> int:
 
 
 def cmd_color_clusters(a) -> int:
-    import torch
-
     from .data import VideoFrames, cache_dir, data_root, ensure_writable
     from .recipes import color_clusters
+    from .train import atomic_save
 
     out = Path(a.out)
     ensure_writable(out.parent, "folder for --out")  # before decoding and k-means
     videos = VideoFrames(a.data or data_root() / "videos", cache_dir() / "frames", a.fps, 256, a.max_videos)
     c = color_clusters(videos, a.k, a.frames, a.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(c, tmp)
-    os.replace(tmp, out)
+    atomic_save(c, out)
     print(f"{a.k} (a, b) centroids from {a.frames} frames -> {a.out}")
     for i, (ca, cb) in enumerate(c.tolist()):
         print(f"  {i:2d}: a {ca:7.2f}  b {cb:7.2f}")
