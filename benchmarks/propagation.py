@@ -58,7 +58,7 @@ def make_inputs(path: Path, channels: int, h: int, w: int, davis: bool) -> str:
     feats, origin = None, "seeded random unit vectors"
     if davis:
         try:
-            from stt.data import DAVIS, resize_short_side, to_tensor
+            from stt.datasets import DAVIS, resize_short_side, to_tensor
             from stt.encoder import build_feature_model
 
             ds = DAVIS()
@@ -368,7 +368,7 @@ def main(argv=None) -> dict:
             print_step(rows[-1])
         if a.e2e_sequences:
             try:
-                from stt.data import DAVIS
+                from stt.datasets import DAVIS
 
                 DAVIS(sequences=a.e2e_sequences.split(","))
             except (FileNotFoundError, ValueError) as exc:

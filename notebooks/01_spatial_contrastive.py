@@ -51,7 +51,9 @@ import torch
 import torch.nn.functional as F
 from IPython.display import Markdown, display
 
-from stt.data import DAVIS, StillImages, TwoViews, cache_dir, data_path, resize_short_side, to_tensor
+from stt.datasets import DAVIS, cache_dir, data_path, resize_short_side, to_tensor
+from stt.video import StillImages
+from stt.views import TwoViews
 from stt.encoder import build_feature_model
 from stt.evaluate import davis_or_synthetic, evaluate_davis, per_sequence_jf
 from stt.metrics import bootstrap_ci, paired_difference
@@ -59,7 +61,7 @@ from stt.losses import info_nce
 from stt.propagation import normalize_features
 from stt.recipes import SPATIAL, SPATIAL_COMMON, default_image_data, moco_queue_size, train_spatial
 from stt.runner import study_results, study_table
-from stt.train import load_checkpoint
+from stt.checkpoint import load_checkpoint
 from stt.viz import save_figure
 
 torch.manual_seed(0)

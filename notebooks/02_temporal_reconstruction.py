@@ -50,7 +50,9 @@ from IPython.display import Markdown, display
 
 from stt.affinity import dense_local_correlation_reference, local_correlation
 from stt.color import denormalize_lab, lab_to_rgb, rgb_to_normalized_lab
-from stt.data import DAVIS, FrameClips, VideoFrames, cache_dir, data_path
+from stt.datasets import DAVIS, cache_dir, data_path
+from stt.video import VideoFrames
+from stt.views import FrameClips
 from stt.evaluate import davis_or_synthetic, evaluate_davis, per_sequence_jf
 from stt.encoder import trunk_encoder
 from stt.losses import (
@@ -73,7 +75,7 @@ from stt.recipes import (
     trunk_from_checkpoint,
 )
 from stt.runner import study_results, study_table
-from stt.train import load_checkpoint
+from stt.checkpoint import load_checkpoint
 from stt.viz import save_figure
 
 torch.manual_seed(0)

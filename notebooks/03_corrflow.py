@@ -47,12 +47,13 @@ import torch
 import torch.nn.functional as F
 
 from stt.color import lab_to_rgb, quantize_ab, rgb_to_lab
-from stt.data import DAVIS, VideoFrames, cache_dir, data_path
+from stt.datasets import DAVIS, cache_dir, data_path
+from stt.video import VideoFrames
 from stt.evaluate import davis_or_synthetic, evaluate_davis
 from stt.models import CorrFlowEncoder
 from stt.propagation import propagate_recursive
 from stt.recipes import CORRFLOW, CORRFLOW_COMMON, default_video_data, train_corrflow
-from stt.train import load_checkpoint
+from stt.checkpoint import load_checkpoint
 from stt.viz import save_figure
 
 torch.manual_seed(0)

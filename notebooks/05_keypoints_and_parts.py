@@ -48,7 +48,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from stt.data import JHMDB, JHMDB_BONES, JHMDB_JOINTS, cache_dir, data_path
+from stt.datasets import JHMDB, JHMDB_BONES, JHMDB_JOINTS, cache_dir, data_path
 from stt.evaluate import evaluate_jhmdb, evaluate_vip
 from stt.propagation import heatmaps_to_joints, joints_to_heatmaps
 from stt.synthetic import make_synthetic_jhmdb, make_synthetic_vip

@@ -39,7 +39,7 @@ import numpy as np
 from IPython.display import Markdown, display
 from PIL import Image
 
-from stt.data import DAVIS
+from stt.datasets import DAVIS
 from stt.evaluate import davis_or_synthetic, per_sequence_jf
 from stt.explorer import CorrespondenceExplorer
 from stt.metrics import bootstrap_ci, paired_difference, pooled

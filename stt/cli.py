@@ -108,7 +108,9 @@ def cmd_train_corrflow(a) -> int:
 
 
 def cmd_color_clusters(a) -> int:
-    from .data import VideoFrames, cache_dir, data_root, ensure_writable
+    from .checkpoint import ensure_writable
+    from .datasets import cache_dir, data_root
+    from .video import VideoFrames
     from .recipes import color_clusters
     from .train import atomic_save
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .data import data_root
+from .datasets import data_root
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ The same weights serve every variant: strides carry no parameters.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from .checkpoint import file_digest, load_checkpoint
 from .color import rgb_to_imagenet, rgb_to_normalized_lab
 
 VARIANTS = {
@@ -273,12 +273,28 @@ def trunk_encoder(ckpt: dict, source: str = "checkpoint", variant: str | None = 
     return enc
 
 
-def file_digest(path: str | Path, n: int = 16) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:n]
+class CorrFlowEncoder(nn.Module):
+    """CorrFlow's encoder (SPEC section 1): ResNet-18-like, no max-pool, only layer2 strided,
+    layer3 and layer4 at 256 channels and stride 1 (output stride 4), then a 3x3 conv to 64-d
+    features. Input: RGB in [0, 1] (B x 3 x H x W)."""
+
+    stride = 4
+
+    def __init__(self, dim: int = 64):
+        super().__init__()
+        base = torchvision.models.resnet18(weights=None)
+        self.conv1, self.bn1, self.relu = base.conv1, base.bn1, base.relu
+        self.layer1, self.layer2 = base.layer1, base.layer2
+        base.inplanes = 128
+        block = torchvision.models.resnet.BasicBlock
+        self.layer3 = base._make_layer(block, 256, 2, stride=1)
+        self.layer4 = base._make_layer(block, 256, 2, stride=1)
+        self.head = nn.Conv2d(256, dim, 3, padding=1)
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(rgb)))  # /2
+        x = self.layer2(self.layer1(x))  # /4
+        return self.head(self.layer4(self.layer3(x)))  # B x 64 x H/4 x W/4
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,17 +325,6 @@ class TrunkFeatures(nn.Module):
         return self.encoder(self.encoder.preprocess(rgb), levels=(self.level,))[self.level]
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """``torch.load(weights_only=True)`` with an error that names the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or not a torch file
-        raise ValueError(f"{path}: cannot be read as a PyTorch checkpoint ({exc})") from exc
-
-
 def build_feature_model(spec: str, variant: str = "stride8", seed: int = 0,
                         input_space: str | None = None) -> tuple[nn.Module, dict]:
     """Build a test-time feature model from a name or a checkpoint path.
@@ -347,8 +352,6 @@ def build_feature_model(spec: str, variant: str = "stride8", seed: int = 0,
     fmt = checkpoint_format(ckpt)
     name = "/".join(Path(spec).resolve().parts[-2:])  # e.g. spatial/checkpoint.pth
     if fmt == "corrflow" or (fmt == "project" and ckpt["meta"]["kind"] == "corrflow"):
-        from .models import CorrFlowEncoder  # its own architecture (stride 4, 64-d, RGB input)
-
         if input_space not in (None, "rgb"):
             raise ValueError(f"{spec}: CorrFlow's encoder reads RGB in [0, 1]; input space {input_space!r} does not apply")
         enc = CorrFlowEncoder()

@@ -39,17 +39,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data import (
-    DAVIS,
-    cache_dir,
-    data_path,
-    ensure_writable,
-    find_davis,
-    read_mask,
-    resize_short_side,
-    to_tensor,
-    write_text,
-)
+from .checkpoint import atomic_save_npz, ensure_writable, load_checkpoint, write_text
+from .datasets import DAVIS, cache_dir, data_path, find_davis, read_mask, resize_short_side, to_tensor
+from .device import resolve_device
 from .encoder import build_feature_model
 from .metrics import evaluate_davis_sequence, summarize_davis, write_davis_csvs
 from .propagation import (
@@ -60,7 +52,6 @@ from .propagation import (
     propagate_video,
     upsample_predictions,
 )
-
 from .viz import davis_palette
 
 PROTOCOLS = ("common", "corrflow")
@@ -93,12 +84,6 @@ def davis_or_synthetic(data: str | Path | None = None) -> tuple[Path, bool]:
         return resolve_davis_root("synthetic")
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 @torch.no_grad()
 def iter_features(model, frames: np.ndarray, short_side: int | None, stride: int, device,
                   batch: int | None = None, square: int | None = None) -> Iterator[torch.Tensor]:
@@ -124,8 +109,6 @@ def model_identity(desc: dict) -> dict:
 
 def net_radius(model: str) -> int:
     """The attention radius a CorrFlow checkpoint was trained with (its own protocol uses it)."""
-    from .encoder import load_checkpoint
-
     return int(load_checkpoint(model).get("meta", {}).get("radius", 6))
 
 
@@ -133,12 +116,6 @@ def _write_png(path: Path, ids: np.ndarray, palette) -> None:
     im = Image.fromarray(ids.astype(np.uint8), mode="P")
     im.putpalette(palette)
     im.save(path)
-
-
-def _atomic_save_npz(path: Path, **arrays) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
 
 
 def _check_settings(out: Path, settings: dict, overwrite: bool, subdirs=("predictions", "sequences")) -> None:
@@ -238,6 +215,56 @@ def predict_sequence(model, stride: int, frames: np.ndarray, first_ids: np.ndarr
                                    .argmax(-1).to(torch.uint8) for soft in preds)
 
 
+def _result_file(out: Path, subdir: str, name: str) -> Path:
+    return out / subdir / f"{name.replace('/', '__')}.npz"
+
+
+def pending(out: Path, names, subdir: str) -> list[str]:
+    """The names (sequences, clips, videos) without a resume point ``out/subdir/<name>.npz`` yet;
+    when there are any, ``out/subdir`` is made (after checking it can be written)."""
+    todo = [n for n in names if not _result_file(out, subdir, n).is_file()]
+    if todo:
+        ensure_writable(out)
+        (out / subdir).mkdir(exist_ok=True)
+    return todo
+
+
+def run_resumable(out: Path, todo: list[str], subdir: str, load, process, done=None, window: int = 1) -> None:
+    """The evaluation loop DAVIS, JHMDB and VIP share: for each name of ``todo``, ``load(name)``
+    (in a thread, one name ahead: the next video decodes while this one propagates), then
+    ``process(name, loaded)``, which returns the arrays to keep, or a ``Future`` of them (work
+    finishing in a pool: at most ``window`` such names wait). The arrays are saved atomically as
+    the name's resume point, then ``done(name)`` runs. An interrupted run loses no finished name."""
+    waiting: list[tuple[str, Future]] = []
+
+    def save(name, result):
+        atomic_save_npz(_result_file(out, subdir, name), **(result.result() if isinstance(result, Future) else result))
+        if done is not None:
+            done(name)
+
+    with ThreadPoolExecutor(1) as loader:
+        loading = loader.submit(load, todo[0]) if todo else None
+        for i, name in enumerate(todo):
+            loaded = loading.result()
+            if i + 1 < len(todo):
+                loading = loader.submit(load, todo[i + 1])
+            # errors surface here; at most `window` names wait for their results (bounded memory)
+            while waiting and (waiting[0][1].done() or len(waiting) >= window):
+                save(*waiting.pop(0))
+            result = process(name, loaded)
+            if isinstance(result, Future):
+                waiting.append((name, result))
+            else:
+                save(name, result)
+        for item in waiting:
+            save(*item)
+
+
+def load_results(out: Path, names, subdir: str) -> dict:
+    """Every name's saved arrays (``np.load`` of its resume point)."""
+    return {n: np.load(_result_file(out, subdir, n)) for n in names}
+
+
 def evaluate_davis(
     data=None,
     model: str = "random-r18",
@@ -282,7 +309,7 @@ def evaluate_davis(
                          "the common protocol")
     root, synthetic = resolve_davis_root(data)
     ds = DAVIS(root, year=year, sequences=sequences)
-    dev = pick_device(device)
+    dev = resolve_device(device)
     if model == "identity":
         net, desc, stride = None, {"name": "identity"}, 8
     else:
@@ -324,37 +351,31 @@ def evaluate_davis(
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
     timing_lock = threading.Lock()
     palette = davis_palette()
-    todo = [n for n in names if not (out / "sequences" / f"{n}.npz").is_file()]
-    if todo:
-        ensure_writable(out)
-        (out / "sequences").mkdir(exist_ok=True)
+    todo = pending(out, names, "sequences")
     n_frames = {n: len(ds.sequence(n).frames) for n in todo}
     bar = tqdm(total=sum(n_frames.values()), unit="frame", disable=not progress,
                desc=f"{desc['name']} on DAVIS-{ds.year}")
+    started: dict[str, float] = {}
 
-    def finish(name, gt, preds, pngs, n_obj, t0):
-        """After the sequence's PNGs: its metrics, then its resume point, then its timing."""
+    def metrics(gt, preds, pngs, n_obj):
+        """After the sequence's PNGs: its metrics (what its resume point keeps)."""
         for png in pngs:
             png.result()
         res = evaluate_davis_sequence(gt, np.stack(preds), n_obj)
-        _atomic_save_npz(out / "sequences" / f"{name}.npz", J=res["J"], F=res["F"], objects=res["objects"])
+        return {"J": res["J"], "F": res["F"], "objects": res["objects"]}
+
+    def timed(name):
         with timing_lock:
-            timing[name] = {"seconds": round(time.time() - t0, 3), "frames": len(preds)}
+            timing[name] = {"seconds": round(time.time() - started[name], 3), "frames": n_frames[name]}
             write_text(timing_path, json.dumps(timing, indent=2))
 
     workers = max(1, min(4, (os.cpu_count() or 2) // 2))
     t_run = time.time()
-    with ThreadPoolExecutor(1) as loader, ThreadPoolExecutor(workers) as writer:
-        loading = loader.submit(ds.load, todo[0]) if todo else None
-        finishing: list[Future] = []
-        for i, name in enumerate(todo):
-            frames, gt = loading.result()
-            if i + 1 < len(todo):  # decode the next sequence while this one propagates
-                loading = loader.submit(ds.load, todo[i + 1])
-            # Errors surface here; at most `workers` sequences wait for their metrics (bounded memory).
-            while finishing and (finishing[0].done() or len(finishing) > workers):
-                finishing.pop(0).result()
-            t0 = time.time()
+    with ThreadPoolExecutor(workers) as writer:
+
+        def process(name, loaded):
+            frames, gt = loaded
+            started[name] = time.time()
             bar.set_postfix_str(name)
             n_obj = int(gt[0].max())
             pred_dir = out / "predictions" / name
@@ -371,9 +392,9 @@ def evaluate_davis(
                 pngs.append(writer.submit(_write_png, pred_dir / f"{stem}.png", ids, palette))
                 preds.append(ids)
                 bar.update(1)
-            finishing.append(writer.submit(finish, name, gt, preds, pngs, n_obj, t0))
-        for f in finishing:
-            f.result()
+            return writer.submit(metrics, gt, preds, pngs, n_obj)
+
+        run_resumable(out, todo, "sequences", ds.load, process, done=timed, window=workers + 1)
     bar.close()
     if todo:
         seconds, frames_done = time.time() - t_run, sum(n_frames.values())
@@ -382,10 +403,8 @@ def evaluate_davis(
         write_text(timing_path, json.dumps(timing, indent=2))
         if progress:
             print(f"{frames_done} frames in {seconds:.1f} s: {frames_done / seconds:.2f} frames/s")
-    per_seq = {}
-    for name in names:
-        z = np.load(out / "sequences" / f"{name}.npz")
-        per_seq[name] = {"J": z["J"], "F": z["F"], "objects": int(z["objects"])}
+    per_seq = {n: {"J": z["J"], "F": z["F"], "objects": int(z["objects"])}
+               for n, z in load_results(out, names, "sequences").items()}
     global_res, rows = summarize_davis(per_seq)
     write_davis_csvs(out, global_res, rows, ds.split)
     return global_res
@@ -418,25 +437,24 @@ def evaluate_jhmdb(data=None, model: str = "random-r18", out: str | Path = "runs
     stride-8 cells by default), each joint read back as the weighted mean of its top-3 cells.
     ``stride`` and ``input_space`` as in :func:`evaluate_davis`.
     Writes ``clips/<action>__<clip>.npz`` (predicted joints; the resume points) and ``pck.json``."""
-    from .data import JHMDB
+    from .datasets import JHMDB
     from .metrics import joints_visible, pck
     from .propagation import heatmaps_to_joints, joints_to_heatmaps
 
     cfg = cfg or PropagationConfig(radius=5)
     ds = JHMDB(data, split)
-    dev = pick_device(device)
+    dev = resolve_device(device)
     net, desc = _feature_model(model, stride, input_space, dev)
     settings = {"dataset": {"root": str(ds.root.resolve()), "split": split, "clips": ds.names}, "size": size,
                 "sigma": sigma, "model": model_identity(desc),
                 "propagation": scaled_config(cfg, net.stride).as_dict()}
     out = Path(out)
     _check_settings(out, settings, overwrite, subdirs=("clips",))
-    todo = [n for n in ds.names if not (out / "clips" / f"{n.replace('/', '__')}.npz").is_file()]
-    if todo:
-        ensure_writable(out)
-        (out / "clips").mkdir(exist_ok=True)
-    for name in tqdm(todo, desc=f"{desc['name']} on JHMDB", unit="clip", disable=not progress):
-        frames, joints = ds.load(name)
+    todo = pending(out, ds.names, "clips")
+    bar = tqdm(total=len(todo), desc=f"{desc['name']} on JHMDB", unit="clip", disable=not progress)
+
+    def process(name, loaded):
+        frames, joints = loaded
         size_hw = frames.shape[1:3]
         feats = iter_features(net, frames, None, net.stride, dev, square=size)
         first = next(feats)
@@ -450,11 +468,13 @@ def evaluate_jhmdb(data=None, model: str = "random-r18", out: str | Path = "runs
         with torch.no_grad():
             for soft in propagate_video(stream(), heat0, scaled_config(cfg, net.stride)):
                 pred.append(heatmaps_to_joints(soft[:-1].cpu(), size_hw).double().numpy())
-        _atomic_save_npz(out / "clips" / f"{name.replace('/', '__')}.npz", pred=np.stack(pred), gt=joints,
-                         size=np.array(size_hw))
+        bar.update(1)
+        return {"pred": np.stack(pred), "gt": joints, "size": np.array(size_hw)}
+
+    run_resumable(out, todo, "clips", ds.load, process)
+    bar.close()
     preds, gts, vis = [], [], []
-    for name in ds.names:
-        z = np.load(out / "clips" / f"{name.replace('/', '__')}.npz")
+    for z in load_results(out, ds.names, "clips").values():
         preds.append(z["pred"][1:])  # frame 0 is given, not scored
         gts.append(z["gt"][1:])
         vis.append(joints_visible(z["gt"][1:], tuple(z["size"])))
@@ -477,24 +497,23 @@ def evaluate_vip(data=None, model: str = "random-r18", out: str | Path = "runs/e
     annotated frame after the first of every video. ``stride`` and ``input_space`` as in
     :func:`evaluate_davis`. Writes ``videos/<v>.npz`` (confusion matrix; the resume points) and
     ``miou.json``."""
-    from .data import VIP, VIP_CLASSES
+    from .datasets import VIP, VIP_CLASSES
     from .metrics import confusion_matrix, mean_iou
 
     cfg = cfg or PropagationConfig(radius=16)
     ds = VIP(data, split)
-    dev = pick_device(device)
+    dev = resolve_device(device)
     net, desc = _feature_model(model, stride, input_space, dev)
     settings = {"dataset": {"root": str(ds.root.resolve()), "split": split, "videos": ds.names}, "size": size,
                 "model": model_identity(desc),
                 "propagation": scaled_config(cfg, net.stride).as_dict()}
     out = Path(out)
     _check_settings(out, settings, overwrite, subdirs=("videos",))
-    todo = [n for n in ds.names if not (out / "videos" / f"{n}.npz").is_file()]
-    if todo:
-        ensure_writable(out)
-        (out / "videos").mkdir(exist_ok=True)
-    for name in tqdm(todo, desc=f"{desc['name']} on VIP", unit="video", disable=not progress):
-        frames, labels = ds.load(name)
+    todo = pending(out, ds.names, "videos")
+    bar = tqdm(total=len(todo), desc=f"{desc['name']} on VIP", unit="video", disable=not progress)
+
+    def process(name, loaded):
+        frames, labels = loaded
         first_ids = labels[0].astype(np.int64)
         first_ids[first_ids >= VIP_CLASSES] = 0  # ignore pixels start as background
         conf = np.zeros((VIP_CLASSES, VIP_CLASSES), np.int64)
@@ -502,8 +521,12 @@ def evaluate_vip(data=None, model: str = "random-r18", out: str | Path = "runs/e
                                                           cfg, dev, square=size)):
             if lab is not None:
                 conf += confusion_matrix(lab, ids, VIP_CLASSES)
-        _atomic_save_npz(out / "videos" / f"{name}.npz", confusion=conf)
-    total = sum(np.load(out / "videos" / f"{n}.npz")["confusion"] for n in ds.names)
+        bar.update(1)
+        return {"confusion": conf}
+
+    run_resumable(out, todo, "videos", ds.load, process)
+    bar.close()
+    total = sum(z["confusion"] for z in load_results(out, ds.names, "videos").values())
     miou, per_class = mean_iou(total)
     summary = {"mIoU": miou, "IoU per class": [None if np.isnan(v) else float(v) for v in per_class],
                "videos": len(ds.names)}

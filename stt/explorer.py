@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import DAVIS, resize_short_side, to_tensor
+from .datasets import DAVIS, resize_short_side, to_tensor
 from .encoder import build_feature_model
 from .propagation import normalize_features
 from .viz import overlay

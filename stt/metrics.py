@@ -164,10 +164,10 @@ def summarize_davis(per_sequence: dict[str, dict]) -> tuple[dict, list[tuple[str
 
 def write_davis_csvs(out_dir: str | Path, global_res: dict, rows: list, subset: str = "val") -> tuple[Path, Path]:
     """``global_results-<subset>.csv`` and ``per-sequence_results-<subset>.csv`` (official names,
-    %.3f), each written only when its content changes (:func:`stt.data.write_text`)."""
+    %.3f), each written only when its content changes (:func:`stt.checkpoint.write_text`)."""
     import io
 
-    from .data import write_text
+    from .checkpoint import write_text
 
     def table(header, lines) -> str:
         buf = io.StringIO(newline="")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torchvision
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
@@ -15,7 +14,7 @@ from torch import nn
 from .affinity import local_correlation
 from .augment import color_jitter
 from .color import quantize_ab, rgb_to_lab, rgb_to_normalized_lab
-from .encoder import LEVELS, ResNetEncoder, load_encoder_state, trunk_encoder
+from .encoder import LEVELS, CorrFlowEncoder, ResNetEncoder, load_encoder_state, trunk_encoder
 from .losses import (
     LCD_THRESHOLDS,
     corrflow_nll,
@@ -296,30 +295,6 @@ class STT(nn.Module):
         return {"kind": "stt", "arch": self.encoder.arch, "input": "lab", "variant": "train",
                 "flags": {"pyramid": self.pyramid, "lcd": self.lcd, "gcd": self.gcd, "lcd_keep": self.lcd_keep,
                           "lcd_form": self.lcd_form, "lcd_threshold": self.lcd_threshold, "teacher": teacher}}
-
-
-class CorrFlowEncoder(nn.Module):
-    """CorrFlow's encoder (SPEC section 1): ResNet-18-like, no max-pool, only layer2 strided,
-    layer3 and layer4 at 256 channels and stride 1 (output stride 4), then a 3x3 conv to 64-d
-    features. Input: RGB in [0, 1] (B x 3 x H x W)."""
-
-    stride = 4
-
-    def __init__(self, dim: int = 64):
-        super().__init__()
-        base = torchvision.models.resnet18(weights=None)
-        self.conv1, self.bn1, self.relu = base.conv1, base.bn1, base.relu
-        self.layer1, self.layer2 = base.layer1, base.layer2
-        base.inplanes = 128
-        block = torchvision.models.resnet.BasicBlock
-        self.layer3 = base._make_layer(block, 256, 2, stride=1)
-        self.layer4 = base._make_layer(block, 256, 2, stride=1)
-        self.head = nn.Conv2d(256, dim, 3, padding=1)
-
-    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(rgb)))  # /2
-        x = self.layer2(self.layer1(x))  # /4
-        return self.head(self.layer4(self.layer3(x)))  # B x 64 x H/4 x W/4
 
 
 class CorrFlow(nn.Module):

@@ -12,11 +12,15 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import ensure_writable, load_checkpoint
 from .color import kmeans, load_centroids, rgb_to_lab
-from .data import FrameClips, StillImages, TwoViews, VideoFrames, cache_dir, data_root, ensure_writable
-from .encoder import extract_encoder_state, load_checkpoint
+from .datasets import cache_dir, data_root
+from .device import resolve_device
+from .encoder import extract_encoder_state
 from .models import STT, CorrFlow, MoCo
-from .train import TrainConfig, Trainer, distributed_env, resolve_device
+from .train import TrainConfig, Trainer, distributed_env
+from .video import StillImages, VideoFrames
+from .views import FrameClips, TwoViews
 
 # STT step 1 = MoCo v2 (SPEC section 2). lr = 0.03 x batch / 256. queue_size "auto": sized from
 # the data (:func:`moco_queue_size`); the papers' 65,536 is 5 % of ImageNet's 1.28 M images.
@@ -70,7 +74,7 @@ def frame_cache(setting, data: Path) -> Path | None:
     corpora of at most :data:`CACHE_MAX_VIDEOS` video files (decoding a clip per sample is what
     starves a GPU); larger ones (Kinetics) are decoded on demand."""
     if setting == "auto":
-        from .data import VIDEO_EXTENSIONS, list_media
+        from .video import VIDEO_EXTENSIONS, list_media
 
         setting = len(list_media(data, VIDEO_EXTENSIONS)) <= CACHE_MAX_VIDEOS
     return cache_dir() / "frames" if setting else None

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import yaml
 
+from .checkpoint import write_text
 from .viz import shrink_png
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,9 +142,7 @@ def _record(manifest_path: Path, scale: str, versions: dict, name: str, entry: d
     if old:
         entry["history"] = old.pop("history", []) + [old]
     manifest["notebooks"][name] = entry
-    tmp = manifest_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(manifest_path)
+    write_text(manifest_path, json.dumps(manifest, indent=2))
     return manifest
 
 

@@ -4,7 +4,7 @@ Textured objects (random star-shaped outlines, their own textures) move, rotate 
 over a textured background seen by a panning camera; masks are exact because they come from
 the same rendering. :func:`make_synthetic_davis` writes the result in the DAVIS-2017 layout
 (JPEG frames, indexed-palette PNG masks, ``ImageSets/2017/val.txt``), so everything downstream
-reads it with the same :class:`stt.data.DAVIS` reader as the real thing. The same rendering
+reads it with the same :class:`stt.datasets.DAVIS` reader as the real thing. The same rendering
 gives stand-ins for VIP (:func:`make_synthetic_vip`: objects cut into parts), JHMDB
 (:func:`make_synthetic_jhmdb`: a stick figure of 15 keypoints fixed on an object) and unlabelled
 training video (:func:`make_synthetic_videos`).
@@ -195,7 +195,7 @@ def make_synthetic_videos(root: str | Path, n_videos: int = 8, n_frames: int = 3
     return root
 
 
-# A stick figure in the JHMDB joint order (stt.data.JHMDB_JOINTS), (u, v) in units of the radius
+# A stick figure in the JHMDB joint order (stt.datasets.JHMDB_JOINTS), (u, v) in units of the radius
 # that fits inside the body object: u to the image's right (the person's left), v down.
 _FIGURE = ((0.0, -0.55), (0.0, 0.05), (0.0, -0.85), (-0.3, -0.5), (0.3, -0.5), (-0.2, 0.25), (0.2, 0.25),
            (-0.5, -0.2), (0.5, -0.2), (-0.25, 0.55), (0.25, 0.55), (-0.6, 0.1), (0.6, 0.1), (-0.3, 0.9), (0.3, 0.9))

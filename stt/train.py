@@ -14,7 +14,7 @@ rank or wall clock, so a resumed run computes exactly the steps an uninterrupted
 
 Speed: batches come from pinned memory with several batches prefetched per worker; a dataset
 may define ``collate`` and ``to_device`` to move uint8 crops and finish its augmentation on the
-device in batch (:class:`stt.data.TwoViews`). The forward pass runs under bf16 autocast where
+device in batch (:class:`stt.views.TwoViews`). The forward pass runs under bf16 autocast where
 the device computes bf16 natively (``amp``; the losses themselves stay in fp32, see
 :mod:`stt.models`), with channels-last activations on CUDA; logged scalars are summed on the
 device, so the host never waits for the GPU between log steps.
@@ -40,7 +40,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from .data import ensure_writable, move_to, write_text
+from .checkpoint import atomic_save, ensure_writable, load_checkpoint, write_text
+from .device import move_to, resolve_device
 
 CHECKPOINT = "checkpoint.pth"
 LOG = "train_log.jsonl"
@@ -125,13 +126,6 @@ class StepBatches(Sampler):
         return max(0, self.cfg.steps - self.start)
 
 
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """``"auto"``: this process's GPU when CUDA is available, else the CPU."""
-    if device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def bf16_native(device: torch.device) -> bool:
     """Does ``device`` compute bf16 natively (CUDA with bf16, a CPU with AVX-512 BF16 or AMX)?
     Elsewhere bf16 is emulated and slower than fp32, so ``amp="auto"`` leaves it off."""
@@ -147,22 +141,6 @@ def use_amp(cfg: "TrainConfig", device: torch.device) -> bool:
     if cfg.amp not in ("auto", "bf16", "off"):
         raise ValueError(f"amp must be auto, bf16 or off, got {cfg.amp!r}")
     return cfg.amp == "bf16" or (cfg.amp == "auto" and bf16_native(device))
-
-
-def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a checkpoint is whole or absent."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path) -> dict:
-    path = Path(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot be read as a training checkpoint ({exc})") from exc
 
 
 def distributed_env() -> tuple[int, int, int]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stt.data import DAVIS, data_path, data_root  # noqa: E402
+from stt.checkpoint import write_text  # noqa: E402
+from stt.datasets import DAVIS, data_path, data_root# noqa: E402
 from stt.evaluate import evaluate_davis, per_sequence_jf  # noqa: E402
 from stt.metrics import bootstrap_ci, paired_difference  # noqa: E402
 from stt.recipes import LOCAL_CROP_SCALE, MOCO_CROP_SCALE, train_spatial, train_temporal  # noqa: E402
@@ -209,9 +209,7 @@ def main(argv=None) -> int:
         print(f"[{a.study}] {name}: {recipe} {settings}", flush=True)
         result = run_variant(a.study, name, recipe, settings, sequences, ds.root)
         results = {**study_results(a.study), name: result}  # re-read: another process may have added variants
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        tmp.replace(path)  # whole or absent, for a process reading it meanwhile
+        write_text(path, json.dumps(results, indent=2))  # whole or absent, for a process reading it meanwhile
         print(f"[{a.study}] {name}: J&F {100 * np.mean(list(results[name]['jf'].values())):.1f}", flush=True)
     if ref in results:
         (out_dir / f"{a.study}.md").write_text(table(a.study, ref, {k: results[k] for k in variants if k in results}))

@@ -64,7 +64,7 @@ def test_grayscale_and_blur_equal_torchvision():
 def test_roi_align_resize_is_close_to_antialiased_resize(shared_root):
     """The device path's resampling (roi_align, averaged samples) against torchvision's
     antialiased bilinear resize on real frames: down- and upscaling crops."""
-    from stt.data import read_image
+    from stt.datasets import read_image
 
     img = read_image(sorted((shared_root / "DAVIS2016" / "JPEGImages" / "480p" / "blackswan").glob("*.jpg"))[0])
     boxes = [(0, 0, 480, 854), (100, 200, 300, 300), (40, 500, 60, 90), (10, 10, 200, 150)]
@@ -79,7 +79,8 @@ def test_roi_align_resize_is_close_to_antialiased_resize(shared_root):
 
 
 def test_worker_and_device_paths_draw_the_same_views(shared_root, tmp_path):
-    from stt.data import FrameClips, StillImages, TwoViews, VideoFrames
+    from stt.video import StillImages, VideoFrames
+    from stt.views import FrameClips, TwoViews
 
     videos = shared_root / "videos"
     images = StillImages(videos, tmp_path, fps=2, short_side=96, max_videos=2, progress=False)
@@ -132,7 +133,7 @@ def test_device_path_runs_on_cuda():
 
 
 def test_two_views_crop_area_follows_the_scale_setting():
-    from stt.data import TwoViews
+    from stt.views import TwoViews
 
     class Still:  # the StillImages interface: len and load -> (H x W x 3 uint8, instance)
         def __len__(self):

@@ -14,7 +14,7 @@ def test_rgb_to_lab_matches_scikit_image_on_random_colours():
 
 
 def test_rgb_to_lab_on_real_frame_and_batch(davis2016_root):
-    from stt.data import read_image
+    from stt.datasets import read_image
 
     img = read_image(davis2016_root / "JPEGImages/480p/blackswan/00000.jpg")[::4, ::4] / 255.0
     x = torch.from_numpy(np.stack([img, img[::-1]])).permute(0, 3, 1, 2)  # B x 3 x H x W

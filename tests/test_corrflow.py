@@ -180,7 +180,7 @@ def _color_clusters_one_by_one(videos, k, n_frames, seed):
 def few_videos(tmp_path_factory):
     from test_data import write_mp4
 
-    from stt.data import VideoFrames
+    from stt.video import VideoFrames
     from stt.synthetic import make_synthetic_videos, render_sequence
 
     root = tmp_path_factory.mktemp("cf-videos")

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from conftest import write_davis
-from stt.data import DAVIS, find_davis, read_mask, resize_short_side
+from stt.datasets import DAVIS, find_davis, read_mask, resize_short_side
 
 
 def _seq(T=3, H=24, W=32, n_obj=2, seed=0):
@@ -157,7 +157,7 @@ def _grouped(videos, v, ts, batch):
 
 @pytest.mark.parametrize("cached,short_side", [(False, None), (True, None), (False, 32), (True, 32)])
 def test_iter_frames_equals_reading_frames_one_by_one(small_videos, tmp_path, cached, short_side):
-    from stt.data import VideoFrames
+    from stt.video import VideoFrames
 
     videos = VideoFrames(small_videos, tmp_path / "cache" if cached else None, fps=7.5, short_side=short_side,
                          progress=False)
@@ -171,7 +171,7 @@ def test_iter_frames_equals_reading_frames_one_by_one(small_videos, tmp_path, ca
 
 
 def test_iter_frames_on_real_videos(shared_root):
-    from stt.data import VideoFrames
+    from stt.video import VideoFrames
 
     if not (shared_root / "videos").is_dir():
         pytest.skip("no real videos under the data root")
@@ -185,7 +185,7 @@ def test_iter_frames_on_real_videos(shared_root):
 def test_uncached_counts_in_parallel_match_serial_and_skip_unreadable(small_videos, tmp_path):
     import shutil
 
-    from stt.data import VideoFrames
+    from stt.video import VideoFrames
 
     root = tmp_path / "v"
     shutil.copytree(small_videos, root)
@@ -202,7 +202,8 @@ def test_uncached_counts_in_parallel_match_serial_and_skip_unreadable(small_vide
 
 
 def test_frame_clips_can_leave_out_the_most_static_pairs(tmp_path):
-    from stt.data import FrameClips, VideoFrames
+    from stt.video import VideoFrames
+    from stt.views import FrameClips
 
     rng = np.random.default_rng(0)
     still = np.repeat(rng.integers(0, 255, (1, 32, 32, 3), dtype=np.uint8), 6, axis=0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stt.data import DAVIS
+from stt.datasets import DAVIS
 from stt.evaluate import evaluate_davis
 from stt.metrics import evaluate_davis_sequence, summarize_davis
 from stt.propagation import PropagationConfig

@@ -55,7 +55,7 @@ def test_miou_by_hand():
 
 
 def test_jhmdb_reader_on_the_real_clip(shared_root):
-    from stt.data import JHMDB
+    from stt.datasets import JHMDB
 
     ds = JHMDB(shared_root / "JHMDB_sample")
     assert len(ds) == 1
@@ -69,7 +69,7 @@ def test_jhmdb_mismatched_annotation_is_a_clear_error(tmp_path, shared_root):
 
     from scipy.io import savemat
 
-    from stt.data import JHMDB
+    from stt.datasets import JHMDB
 
     root = tmp_path / "JHMDB"
     shutil.copytree(shared_root / "JHMDB_sample" / "Frames", root / "Frames")
@@ -92,7 +92,7 @@ def test_evaluate_jhmdb_end_to_end_on_the_real_clip(shared_root, tmp_path):
 
 
 def test_vip_layout_end_to_end(tmp_path):
-    from stt.data import VIP
+    from stt.datasets import VIP
     from stt.evaluate import evaluate_vip
     from stt.synthetic import make_synthetic_vip
 
@@ -106,7 +106,7 @@ def test_vip_layout_end_to_end(tmp_path):
 
 
 def test_vip_bad_annotation_names_the_file(tmp_path):
-    from stt.data import VIP
+    from stt.datasets import VIP
     from stt.synthetic import make_synthetic_vip
 
     root = make_synthetic_vip(tmp_path / "VIP_Fine", n_videos=1, n_frames=3, size=(48, 64))
@@ -119,7 +119,7 @@ def test_vip_bad_annotation_names_the_file(tmp_path):
 def test_synthetic_jhmdb_is_read_by_the_real_reader_and_scored(tmp_path):
     from scipy.io import loadmat
 
-    from stt.data import JHMDB
+    from stt.datasets import JHMDB
     from stt.metrics import joints_visible, pck
     from stt.synthetic import make_synthetic_jhmdb
 

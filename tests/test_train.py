@@ -11,9 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from stt.data import StillImages, TwoViews
+from stt.video import StillImages
+from stt.views import TwoViews
 from stt.models import MoCo
-from stt.train import StepBatches, TrainConfig, Trainer, load_checkpoint, lr_at
+from stt.checkpoint import load_checkpoint
+from stt.train import StepBatches, TrainConfig, Trainer, lr_at
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ def _videos_differ(a, b):
 
 
 def test_frame_cache_tells_same_named_videos_apart_and_sees_a_replaced_file(tmp_path):
-    from stt.data import VideoFrames, read_video
+    from stt.video import VideoFrames, read_video
     from stt.synthetic import render_sequence
 
     root, cache = tmp_path / "videos", tmp_path / "cache"
@@ -83,7 +83,7 @@ def test_corrflow_protocol_is_recorded_and_never_served_from_the_other_protocols
 def test_corrflow_protocol_is_recursive_hard_and_without_minmax(tiny_synthetic, corrflow_ckpt):
     import torch.nn.functional as F
 
-    from stt.data import DAVIS
+    from stt.datasets import DAVIS
     from stt.encoder import build_feature_model
     from stt.evaluate import iter_features, predict_sequence
     from stt.propagation import PropagationConfig, propagate_recursive
@@ -237,7 +237,7 @@ def test_pck_box_is_formed_from_the_visible_joints_only():
 def test_nan_joint_is_an_error_naming_the_frame_and_joint(tmp_path):
     from scipy.io import savemat
 
-    from stt.data import JHMDB
+    from stt.datasets import JHMDB
     from stt.metrics import pck
 
     gt = np.array([[[10.0, 10.0], [40.0, 50.0]], [[10.0, 10.0], [np.nan, 50.0]]])
@@ -290,7 +290,7 @@ def test_all_first_masks_empty_is_a_clear_error(tmp_path):
 
 
 def test_antialiased_greyscale_mask_is_binary_and_palette_ids_are_kept(tmp_path):
-    from stt.data import read_mask
+    from stt.datasets import read_mask
     from stt.viz import davis_palette
 
     ramp = np.zeros((8, 8), np.uint8)
@@ -330,7 +330,7 @@ def deny_writes(monkeypatch):
 
 
 def test_writability_check_uses_a_real_probe(tmp_path):
-    from stt.data import ensure_writable
+    from stt.checkpoint import ensure_writable
 
     assert ensure_writable(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"  # would be created
     (tmp_path / "file").write_text("x")
@@ -370,17 +370,17 @@ def test_read_only_out_fails_before_compute_and_a_finished_evaluation_rereads(ti
 
 
 def test_read_only_cache_and_training_folder_fail_before_compute(tmp_path, deny_writes, monkeypatch):
-    from stt import data
+    from stt import video
     from stt.synthetic import render_sequence
 
     (tmp_path / "v").mkdir()
     write_mp4(tmp_path / "v" / "a.mp4", render_sequence(1, 6, (48, 64))[0])
-    monkeypatch.setattr(data, "read_video", lambda *a, **kw: pytest.fail("decoded before the writability check"))
+    monkeypatch.setattr(video, "read_video", lambda *a, **kw: pytest.fail("decoded before the writability check"))
     for folder in ("cache", "train"):
         (tmp_path / folder).mkdir()
         deny_writes.append(tmp_path / folder)
     with pytest.raises(RuntimeError, match=rf"frame cache folder {tmp_path / 'cache'}/fps6_short256 .*not writable"):
-        data.VideoFrames(tmp_path / "v", tmp_path / "cache", progress=False)
+        video.VideoFrames(tmp_path / "v", tmp_path / "cache", progress=False)
     with pytest.raises(RuntimeError, match=rf"output folder {tmp_path / 'train'} .*not writable"):
         _trainer(tmp_path / "train")
     monkeypatch.setenv("STT_CACHE", str(tmp_path / "cache"))
@@ -392,14 +392,14 @@ def test_read_only_cache_and_training_folder_fail_before_compute(tmp_path, deny_
 
 @pytest.mark.parametrize("recipe", ["spatial", "temporal", "corrflow"])
 def test_read_only_training_out_fails_before_any_video_is_decoded(recipe, tmp_path, deny_writes, monkeypatch, capsys):
-    from stt import data
+    from stt import video
     from stt.cli import main
     from stt.synthetic import render_sequence
 
     (tmp_path / "v").mkdir()
     write_mp4(tmp_path / "v" / "a.mp4", render_sequence(1, 6, (48, 64))[0])
     monkeypatch.setenv("STT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "read_video", lambda *a, **kw: pytest.fail("decoded before the writability check"))
+    monkeypatch.setattr(video, "read_video", lambda *a, **kw: pytest.fail("decoded before the writability check"))
     (tmp_path / "ro").mkdir()
     deny_writes.append(tmp_path / "ro")
     flags = ["--temporal-only"] if recipe == "temporal" else []
@@ -457,7 +457,7 @@ def test_centroids_file_is_checked_before_training(tmp_path, capsys):
 
 def test_video_frames_fall_back_to_pyav_with_decords_frames(tmp_path, monkeypatch):
     pytest.importorskip("decord", reason="the reference frames are decord's")
-    from stt.data import PyAVReader, VideoFrames
+    from stt.video import PyAVReader, VideoFrames
     from stt.synthetic import render_sequence
 
     write_mp4(tmp_path / "a.mp4", render_sequence(5, 41, (48, 64))[0], gop=8)
