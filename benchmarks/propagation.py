@@ -59,7 +59,7 @@ def make_inputs(path: Path, channels: int, h: int, w: int, davis: bool) -> str:
     if davis:
         try:
             from stt.datasets import DAVIS, resize_short_side, to_tensor
-            from stt.encoder import build_feature_model
+            from stt.features import build_feature_model
 
             ds = DAVIS()
             frames, _ = ds.load(ds.names[0])

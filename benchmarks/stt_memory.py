@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from propagation import PeakRSS, in_fresh_process  # noqa: E402
 
 from stt.color import rgb_to_normalized_lab  # noqa: E402
-from stt.encoder import ResNetEncoder  # noqa: E402
+from stt.encoder import ResNetEncoder# noqa: E402
 from stt.losses import lab_channel_dropout, stt_losses_dense_reference  # noqa: E402
-from stt.models import STT  # noqa: E402
+from stt.temporal import STT# noqa: E402
 
 WEIGHTS = {"rec4": 1.0, "rec8": 1.0, "lcd": 1000.0, "gcd": 50.0}
 

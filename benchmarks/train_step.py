@@ -33,7 +33,9 @@ SHAPES = {  # model: {device: (batch, image size)}
 
 def build(name: str, batch: int, size: int, device: str):
     from stt.encoder import ResNetEncoder
-    from stt.models import STT, CorrFlow, MoCo
+    from stt.corrflow import CorrFlow
+    from stt.moco import MoCo
+    from stt.temporal import STT
 
     g = torch.Generator().manual_seed(0)
     if name.startswith("spatial"):

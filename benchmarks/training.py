@@ -39,7 +39,9 @@ SETTINGS = {
 
 
 def worker(recipe: str, device: str, setting: str, steps: int, warmup: int, q) -> None:
-    from stt import recipes
+    from stt.corrflow import train_corrflow
+    from stt.moco import train_spatial
+    from stt.temporal import train_temporal
 
     config = "small" if device == "cpu" else "full"
     workers = {"cpu": 1}.get(device, max(1, min(14, (os.cpu_count() or 2) - 2)))
@@ -49,11 +51,11 @@ def worker(recipe: str, device: str, setting: str, steps: int, warmup: int, q) -
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
         if recipe == "spatial":
-            ck = recipes.train_spatial(None, tmp, config, progress=False, **kw)
+            ck = train_spatial(None, tmp, config, progress=False, **kw)
         elif recipe == "temporal":
-            ck = recipes.train_temporal(None, tmp, config, progress=False, gcd=False, **kw)
+            ck = train_temporal(None, tmp, config, progress=False, gcd=False, **kw)
         else:
-            ck = recipes.train_corrflow(None, tmp, config, progress=False, **kw)
+            ck = train_corrflow(None, tmp, config, progress=False, **kw)
         total = time.time() - t0
         ckpt = torch.load(ck, map_location="cpu", weights_only=True)
     hist = ckpt["history"]

@@ -51,17 +51,18 @@ import torch
 import torch.nn.functional as F
 from IPython.display import Markdown, display
 
+from stt.checkpoint import load_checkpoint
 from stt.datasets import DAVIS, cache_dir, data_path, resize_short_side, to_tensor
+from stt.evaluate import davis_or_synthetic, evaluate_davis, per_sequence_jf
+from stt.features import build_feature_model
+from stt.losses import info_nce
+from stt.metrics import bootstrap_ci, paired_difference
+from stt.moco import METHOD, moco_queue_size, train_spatial
+from stt.propagation import normalize_features
+from stt.recipe import default_image_data
+from stt.runner import study_results, study_table
 from stt.video import StillImages
 from stt.views import TwoViews
-from stt.encoder import build_feature_model
-from stt.evaluate import davis_or_synthetic, evaluate_davis, per_sequence_jf
-from stt.metrics import bootstrap_ci, paired_difference
-from stt.losses import info_nce
-from stt.propagation import normalize_features
-from stt.recipes import SPATIAL, SPATIAL_COMMON, default_image_data, moco_queue_size, train_spatial
-from stt.runner import study_results, study_table
-from stt.checkpoint import load_checkpoint
 from stt.viz import save_figure
 
 torch.manual_seed(0)
@@ -71,7 +72,7 @@ scale = "small"  # smoke | small | gpu | full
 run_dir = "../runs/small"  # artefacts, figures and results of this run
 data_root = ""  # DAVIS for evaluation; empty: $STT_DATA, else the synthetic stand-in
 image_root = ""  # step 1's still images (or videos), absolute or under $STT_DATA; empty: ImageNet(_sample)/train, else videos
-config = "small"  # training preset of stt.recipes.SPATIAL: smoke | small | gpu | full
+config = "small"  # training preset of stt.moco.PRESETS: smoke | small | gpu | full
 steps = 0  # override the preset's number of steps; 0: keep it
 eval_short_side = 240  # DAVIS evaluation resolution (short side)
 eval_max_sequences = 0  # evaluate the first N DAVIS sequences; 0: all
@@ -81,10 +82,8 @@ device = "auto"
 run_dir = Path(run_dir)
 fig_dir = run_dir / "figures"
 images_path = data_path(image_root) or default_image_data()
-settings = {**SPATIAL_COMMON, **SPATIAL[config]}
-if steps:
-    settings["steps"] = steps
-print(f"training data: {images_path}\npreset {config!r}: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+settings = METHOD.settings(config, steps=steps or None)  # the method's defaults, the preset, this notebook's steps
+print(f"training data: {images_path}\npreset {config!r}: " + ", ".join(f"{k}={v}" for k, v in settings.flat().items()))
 
 # %% [markdown]
 # ## 1 · Why spatial discrimination matters for correspondence
@@ -249,7 +248,7 @@ display(Markdown(study_table("photos")))
 # %% [markdown]
 # ## 6 · Training
 #
-# `stt.recipes.train_spatial` builds the MoCo model, the data and a `stt.train.Trainer`. The
+# `stt.moco.train_spatial` builds the MoCo model, the data and a `stt.train.Trainer`. The
 # trainer is seeded (sample $j$ of step $s$ is a fixed function of the seed), writes an atomic
 # checkpoint every few hundred steps and on Ctrl-C, and resumes exactly where it stopped: rerun
 # this cell after an interruption and it continues; run it after completion and it only loads.

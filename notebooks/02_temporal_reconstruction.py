@@ -49,12 +49,11 @@ import torch
 from IPython.display import Markdown, display
 
 from stt.affinity import dense_local_correlation_reference, local_correlation
+from stt.checkpoint import load_checkpoint
 from stt.color import denormalize_lab, lab_to_rgb, rgb_to_normalized_lab
 from stt.datasets import DAVIS, cache_dir, data_path
-from stt.video import VideoFrames
-from stt.views import FrameClips
-from stt.evaluate import davis_or_synthetic, evaluate_davis, per_sequence_jf
 from stt.encoder import trunk_encoder
+from stt.evaluate import davis_or_synthetic, evaluate_davis, per_sequence_jf
 from stt.losses import (
     global_correlation_distillation,
     lab_channel_dropout,
@@ -65,17 +64,12 @@ from stt.losses import (
     uncertainty_mask,
 )
 from stt.metrics import bootstrap_ci, paired_difference
-from stt.models import STT
-from stt.recipes import (
-    TEMPORAL,
-    TEMPORAL_COMMON,
-    default_video_data,
-    train_spatial,
-    train_temporal,
-    trunk_from_checkpoint,
-)
+from stt.moco import train_spatial
+from stt.recipe import default_video_data
 from stt.runner import study_results, study_table
-from stt.checkpoint import load_checkpoint
+from stt.temporal import METHOD, STT, train_temporal, trunk_from_checkpoint
+from stt.video import VideoFrames
+from stt.views import FrameClips
 from stt.viz import save_figure
 
 torch.manual_seed(0)
@@ -85,7 +79,7 @@ scale = "small"  # smoke | small | gpu | full
 run_dir = "../runs/small"  # artefacts, figures and results of this run
 data_root = ""  # DAVIS for evaluation; empty: $STT_DATA, else the synthetic stand-in
 video_root = ""  # training videos or frame folders, absolute or under $STT_DATA; empty: $STT_DATA/videos
-config = "small"  # preset of stt.recipes.TEMPORAL (and SPATIAL if step 1 is trained here): smoke | small | gpu | full
+config = "small"  # preset of stt.temporal.PRESETS (and stt.moco's if step 1 is trained here): smoke | small | gpu | full
 steps = 0  # override the preset's number of steps; 0: keep it
 ablations = ""  # extra ablations to train, comma-separated: no_pyramid, no_lcd, no_gcd, T0.3, T0.5, Tnone
 eval_short_side = 240  # DAVIS evaluation resolution (short side)
@@ -96,7 +90,7 @@ device = "auto"
 run_dir = Path(run_dir)
 fig_dir = run_dir / "figures"
 videos_path = data_path(video_root, default_video_data())
-settings = {**TEMPORAL_COMMON, **TEMPORAL[config]}
+settings = METHOD.settings(config, steps=steps or None)  # the method's defaults, the preset, this notebook's steps
 overrides = {"steps": steps} if steps else {}
 step1 = run_dir / "spatial" / "checkpoint.pth"
 ck1 = load_checkpoint(step1) if step1.is_file() else None
@@ -105,7 +99,7 @@ if ck1 is None or ck1["step"] < ck1["config"]["steps"]:
     step1 = train_spatial(None, run_dir / "spatial", config, device=device)  # photographs when there are some
 else:
     print(f"step 1: loading {step1} (step {ck1['step']})")
-print(f"training data: {videos_path}\npreset {config!r}: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+print(f"training data: {videos_path}\npreset {config!r}: " + ", ".join(f"{k}={v}" for k, v in settings.flat().items()))
 
 # %% [markdown]
 # ## 1 · The reconstruction pretext task
@@ -210,7 +204,7 @@ print(f"L_gcd = {gcd_by_hand:.4f}; the teacher's rows are far sharper (temperatu
 # the resolution it was trained on, from layer1 on: objects look twice as large as any it
 # learned. The official code runs its teacher exactly as its checkpoint was trained, on the input
 # that checkpoint expects (RGB with ImageNet statistics for its DetCo teacher; Lab for our
-# MoCo step 1, which trained on Lab). `stt.models.STT` does the same by default: it reads the
+# MoCo step 1, which trained on Lab). `stt.temporal.STT` does the same by default: it reads the
 # variant and the input space from the step-1 checkpoint (`teacher_variant` / `teacher_input`
 # override them; `"train"` is the earlier choice, kept for the ablation of section 7).
 #

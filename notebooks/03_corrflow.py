@@ -46,14 +46,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stt.color import lab_to_rgb, quantize_ab, rgb_to_lab
-from stt.datasets import DAVIS, cache_dir, data_path
-from stt.video import VideoFrames
-from stt.evaluate import davis_or_synthetic, evaluate_davis
-from stt.models import CorrFlowEncoder
-from stt.propagation import propagate_recursive
-from stt.recipes import CORRFLOW, CORRFLOW_COMMON, default_video_data, train_corrflow
 from stt.checkpoint import load_checkpoint
+from stt.color import lab_to_rgb, quantize_ab, rgb_to_lab
+from stt.corrflow import METHOD, CorrFlowEncoder, train_corrflow
+from stt.datasets import DAVIS, cache_dir, data_path
+from stt.evaluate import davis_or_synthetic, evaluate_davis
+from stt.propagation import propagate_recursive
+from stt.recipe import default_video_data
+from stt.video import VideoFrames
 from stt.viz import save_figure
 
 torch.manual_seed(0)
@@ -63,7 +63,7 @@ scale = "small"  # smoke | small | gpu | full
 run_dir = "../runs/small"  # artefacts, figures and results of this run
 data_root = ""  # DAVIS for evaluation; empty: $STT_DATA, else the synthetic stand-in
 video_root = ""  # training videos, absolute or under $STT_DATA; empty: $STT_DATA/videos
-config = "small"  # preset of stt.recipes.CORRFLOW: smoke | small | gpu | full
+config = "small"  # preset of stt.corrflow.PRESETS: smoke | small | gpu | full
 steps = 0  # override the preset's number of steps; 0: keep it
 ablation_steps = 150  # steps of each short with/without run (bottleneck; scheduled sampling + cycles)
 ablation_image_size = 64  # crop size of the short runs (smaller than the main run's, to keep them short)
@@ -77,8 +77,8 @@ device = "auto"
 run_dir = Path(run_dir)
 fig_dir = run_dir / "figures"
 videos_path = data_path(video_root, default_video_data())
-settings = {**CORRFLOW_COMMON, **CORRFLOW[config]}
-print(f"training data: {videos_path}\npreset {config!r}: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+settings = METHOD.settings(config)  # the method's defaults, then the preset
+print(f"training data: {videos_path}\npreset {config!r}: " + ", ".join(f"{k}={v}" for k, v in settings.flat().items()))
 
 # %% [markdown]
 # ## 1 · The pointer, and reconstruction as classification

@@ -49,8 +49,8 @@ from PIL import Image
 
 from stt.affinity import dense_topk_reference, windowed_topk
 from stt.datasets import DAVIS, resize_short_side, to_tensor
-from stt.encoder import build_feature_model
 from stt.evaluate import davis_or_synthetic, evaluate_davis
+from stt.features import build_feature_model
 from stt.metrics import boundary_tolerance, dilate_disk, evaluate_davis_sequence, seg2bmap
 from stt.propagation import (
     PropagationConfig,

@@ -1,4 +1,5 @@
-"""The ``stt`` command line: ``stt evaluate ...``, ``stt download ...`` (and, later, ``stt train ...``)."""
+"""The ``stt`` command line: ``stt evaluate ...``, ``stt train <method> ...`` (its flags generated
+from the method's settings, :mod:`stt.recipe`), ``stt color-clusters``, ``stt download ...``."""
 from __future__ import annotations
 
 import argparse
@@ -56,63 +57,22 @@ def cmd_evaluate_davis(a) -> int:
     return 0
 
 
-def cmd_train_spatial(a) -> int:
-    from .recipes import train_spatial
+def cmd_train(a) -> int:
+    from .methods import METHODS
+    from .recipe import setting_overrides
 
-    ck = train_spatial(a.data, a.out, a.config, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                       image_size=a.image_size, queue_size=a.queue_size, arch=a.arch, device=a.device,
-                       num_workers=a.workers, seed=a.seed, max_videos=a.max_videos, sync_bn=a.sync_bn or None)
-    print(f"checkpoint: {ck}")
-    return 0
-
-
-def cmd_train_temporal(a) -> int:
-    from .recipes import train_temporal
-
-    keep = None if a.lcd_threshold == "none" else (float(a.lcd_threshold) if a.lcd_threshold else None)
-    kw = dict(steps=a.steps, batch_size=a.batch_size, lr=a.lr, image_size=a.image_size, arch=a.arch, device=a.device,
-              num_workers=a.workers, seed=a.seed, max_videos=a.max_videos, sync_bn=a.sync_bn or None)
-    if a.temporal_only:
-        kw.update(gcd=False)
-    if a.no_pyramid:
-        kw.update(pyramid=False)
-    if a.no_lcd:
-        kw.update(lcd=False)
-    if a.no_gcd:
-        kw.update(gcd=False)
-    if a.lcd_threshold:
-        kw["lcd_keep"] = keep
-    for name in ("teacher_variant", "teacher_input", "lcd_form", "lcd_sort"):
-        if getattr(a, name):
-            kw["lcd_threshold" if name == "lcd_sort" else name] = getattr(a, name)
-    init = None if a.temporal_only else a.init
-    ck = train_temporal(a.data, a.out, a.config, init=init, teacher=a.teacher, **kw)
-    print(f"checkpoint: {ck}")
-    return 0
-
-
-def cmd_train_corrflow(a) -> int:
-    from .recipes import train_corrflow
-
-    kw = dict(steps=a.steps, batch_size=a.batch_size, lr=a.lr, image_size=a.image_size, device=a.device,
-              num_workers=a.workers, seed=a.seed, max_videos=a.max_videos, sync_bn=a.sync_bn or None)
-    if a.no_bottleneck:
-        kw["bottleneck"] = False
-    if a.no_scheduled_sampling:
-        kw["scheduled_sampling"] = False
-    if a.no_cycles:
-        kw["cycles"] = False
-    ck = train_corrflow(a.data, a.out, a.config, centroids=a.centroids, **kw)
+    method = METHODS[a.recipe]
+    ck = method.run(a.data, a.out, a.config, **method.cli_kwargs(a), **setting_overrides(a, method))
     print(f"checkpoint: {ck}")
     return 0
 
 
 def cmd_color_clusters(a) -> int:
     from .checkpoint import ensure_writable
+    from .checkpoint import atomic_save
+    from .corrflow import color_clusters
     from .datasets import cache_dir, data_root
     from .video import VideoFrames
-    from .recipes import color_clusters
-    from .train import atomic_save
 
     out = Path(a.out)
     ensure_writable(out.parent, "folder for --out")  # before decoding and k-means
@@ -124,21 +84,6 @@ def cmd_color_clusters(a) -> int:
     for i, (ca, cb) in enumerate(c.tolist()):
         print(f"  {i:2d}: a {ca:7.2f}  b {cb:7.2f}")
     return 0
-
-
-def _add_train_args(t: argparse.ArgumentParser) -> None:
-    t.add_argument("--data", default=None, help="videos / frame folders / image folder [$STT_DATA/videos]")
-    t.add_argument("--out", required=True, help="output folder (checkpoint.pth, train_log.jsonl; resumes)")
-    t.add_argument("--config", default="small", choices=("smoke", "small", "gpu", "full"), help="preset [small]")
-    t.add_argument("--steps", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None, help="global batch (split across torchrun processes)")
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--arch", default=None, choices=("resnet18", "resnet50"))
-    t.add_argument("--device", default=None, help="cpu | cuda | auto")
-    t.add_argument("--workers", type=int, default=None, help="data-loading processes")
-    t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--max-videos", type=int, default=None, help="use only the first N videos")
-    t.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun")
 
 
 def cmd_evaluate_jhmdb(a) -> int:
@@ -169,6 +114,10 @@ def cmd_download(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .methods import METHODS
+    from .methods import own_protocols
+    from .recipe import PRESETS, add_setting_flags
+
     p = argparse.ArgumentParser(prog="stt", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -185,75 +134,40 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--year", default=None, choices=("2016", "2017"), help="ImageSets year [detected]")
     d.add_argument("--device", default="auto", help="cpu | cuda | auto [auto]")
     d.add_argument("--overwrite", action="store_true", help="discard results in --out computed with other settings")
-    d.add_argument("--protocol", choices=("common", "corrflow"), default="common",
+    d.add_argument("--protocol", choices=("common", *own_protocols()), default="common",
                    help="common: SPEC section 5 for every model; corrflow: CorrFlow's own (previous frame, hard "
                         "labels, no min-max; the propagation options below do not apply)")
     _add_encoder_args(d)
     _add_propagation_args(d, PropagationConfig())
     d.set_defaults(func=cmd_evaluate_davis)
 
-    j = evs.add_parser("jhmdb", help="JHMDB keypoint propagation, PCK@0.1 / @0.2")
-    j.add_argument("--data", default=None, help="JHMDB folder or data root [$STT_DATA]")
-    j.add_argument("--model", default="random-r18", help="lab | random-r18 | random-r50 | checkpoint path")
-    j.add_argument("--out", required=True)
-    j.add_argument("--size", type=int, default=320, help="frames resized to size x size [320]")
-    j.add_argument("--split", type=int, default=1, help="official split number when split files exist [1]")
-    j.add_argument("--device", default="auto")
-    j.add_argument("--overwrite", action="store_true")
-    _add_encoder_args(j)
-    _add_propagation_args(j, PropagationConfig(radius=5))
-    j.set_defaults(func=cmd_evaluate_jhmdb)
-
-    v = evs.add_parser("vip", help="VIP part propagation, mIoU over 20 classes")
-    v.add_argument("--data", default=None, help="VIP_Fine folder or data root [$STT_DATA]")
-    v.add_argument("--model", default="random-r18", help="lab | random-r18 | random-r50 | checkpoint path")
-    v.add_argument("--out", required=True)
-    v.add_argument("--size", type=int, default=560, help="frames resized to size x size [560]")
-    v.add_argument("--split", default="val")
-    v.add_argument("--device", default="auto")
-    v.add_argument("--overwrite", action="store_true")
-    _add_encoder_args(v)
-    _add_propagation_args(v, PropagationConfig(radius=16))
-    v.set_defaults(func=cmd_evaluate_vip)
+    for task, help_, folder, size, split, radius, func in (
+            ("jhmdb", "JHMDB keypoint propagation, PCK@0.1 / @0.2", "JHMDB", 320, 1, 5, cmd_evaluate_jhmdb),
+            ("vip", "VIP part propagation, mIoU over 20 classes", "VIP_Fine", 560, "val", 16, cmd_evaluate_vip)):
+        t = evs.add_parser(task, help=help_)
+        t.add_argument("--data", default=None, help=f"{folder} folder or data root [$STT_DATA]")
+        t.add_argument("--model", default="random-r18", help="lab | random-r18 | random-r50 | checkpoint path")
+        t.add_argument("--out", required=True)
+        t.add_argument("--size", type=int, default=size, help=f"frames resized to size x size [{size}]")
+        t.add_argument("--split", type=type(split), default=split, help=f"official split when split files exist [{split}]")
+        t.add_argument("--device", default="auto")
+        t.add_argument("--overwrite", action="store_true")
+        _add_encoder_args(t)
+        _add_propagation_args(t, PropagationConfig(radius=radius))
+        t.set_defaults(func=func)
 
     tr = sub.add_parser("train", help="train a model (single process, or under torchrun for DDP)")
     trs = tr.add_subparsers(dest="recipe", required=True)
-    sp = trs.add_parser("spatial", help="STT step 1: MoCo v2 on still images")
-    _add_train_args(sp)
-    sp.add_argument("--image-size", type=int, default=None)
-    sp.add_argument("--queue-size", type=int, default=None)
-    sp.set_defaults(func=cmd_train_spatial)
-
-    tp = trs.add_parser("temporal", help="STT step 2: reconstruction + GCD + LCD on video frame pairs")
-    _add_train_args(tp)
-    tp.add_argument("--init", default=None, help="step-1 checkpoint to start from (omit: random init)")
-    tp.add_argument("--teacher", default=None, help="step-1 checkpoint, the frozen GCD teacher")
-    tp.add_argument("--image-size", type=int, default=None)
-    tp.add_argument("--temporal-only", action="store_true", help="ablation: no step-1 init, no GCD")
-    tp.add_argument("--no-pyramid", action="store_true", help="ablation: reconstruct at /4 only")
-    tp.add_argument("--no-lcd", action="store_true", help="ablation: no local correlation distillation")
-    tp.add_argument("--no-gcd", action="store_true", help="ablation: no global correlation distillation")
-    tp.add_argument("--lcd-threshold", default=None, choices=("0.3", "0.5", "0.7", "none"),
-                    help="LCD uncertainty threshold T [0.7]")
-    tp.add_argument("--teacher-variant", default=None, choices=("checkpoint", "imagenet", "train"),
-                    help="how the GCD teacher runs [checkpoint: as step 1 trained it; train: the student's trunk]")
-    tp.add_argument("--teacher-input", default=None, choices=("checkpoint", "lab", "rgb-imagenet", "rgb"),
-                    help="the GCD teacher's input space [checkpoint: the one it was trained on]")
-    tp.add_argument("--lcd-form", default=None, choices=("official", "windowed"),
-                    help="LCD normaliser and uncertainty [official; windowed: this project's earlier form]")
-    tp.add_argument("--lcd-sort", default=None, choices=("flattened", "per-column"),
-                    help="LCD threshold over the flattened map [flattened] or the release's per-column bug")
-    tp.set_defaults(func=cmd_train_temporal)
-
-    cf = trs.add_parser("corrflow", help="CorrFlow: colour pointer with bottleneck, scheduled sampling, cycles")
-    _add_train_args(cf)
-    cf.add_argument("--image-size", type=int, default=None)
-    cf.add_argument("--centroids", default=None,
-                    help="colour centroids from `stt color-clusters` (a K x 2 tensor file, checked first) [computed]")
-    cf.add_argument("--no-bottleneck", action="store_true", help="ablation: no channel dropout / jitter")
-    cf.add_argument("--no-scheduled-sampling", action="store_true", help="ablation: always frame 1's ground truth")
-    cf.add_argument("--no-cycles", action="store_true", help="ablation: no forward-backward cycles")
-    cf.set_defaults(func=cmd_train_corrflow)
+    for method in METHODS.values():
+        t = trs.add_parser(method.name, help=method.summary, description=f"{method.summary}. Every setting has a "
+                           "flag; a flag left out keeps the preset's value (stt/recipe.py).")
+        t.add_argument("--data", default=None, help="videos / frame folders / image folder [$STT_DATA/videos]")
+        t.add_argument("--out", required=True, help="output folder (checkpoint.pth, train_log.jsonl; resumes)")
+        t.add_argument("--config", default="small", choices=PRESETS, help="preset [small]")
+        for flags, kw in method.cli_args:
+            t.add_argument(*flags, **kw)
+        add_setting_flags(t, method)
+        t.set_defaults(func=cmd_train)
 
     cc = sub.add_parser("color-clusters", help="k-means colour centroids (Lab a, b) of training frames")
     cc.add_argument("--data", default=None, help="videos [$STT_DATA/videos]")

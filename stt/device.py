@@ -1,4 +1,5 @@
-"""Which device a run computes on (the one place that reads ``--device``), and getting batches there."""
+"""Where a run computes: the device (the one place that reads ``--device``), batches moved there,
+the fp32 regions under autocast, and the processes of a torchrun job."""
 from __future__ import annotations
 
 import torch
@@ -21,3 +22,28 @@ def move_to(x, device):
     if isinstance(x, dict):
         return {k: move_to(v, device) for k, v in x.items()}
     return x
+
+
+def dist_world() -> int:
+    """Processes in the torchrun job (1 when not distributed)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def full_precision(x: torch.Tensor):
+    """A region where autocast is off: correlations, softmaxes and losses stay in fp32 while the
+    encoders run in bf16 (:class:`stt.train.Trainer` ``amp``)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+@torch.no_grad()
+def gather_all(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every process (no gradient); ``x`` itself when not distributed."""
+    import torch.distributed as dist
+
+    if dist_world() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(dist_world())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out)

@@ -16,14 +16,10 @@ The same weights serve every variant: strides carry no parameters.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .checkpoint import file_digest, load_checkpoint
 from .color import rgb_to_imagenet, rgb_to_normalized_lab
 
 VARIANTS = {
@@ -131,7 +127,7 @@ _PREFIXES = ("", "module.encoder_q.", "encoder_q.", "module.encoder.", "module."
 _HEADS = ("fc.", "head.")  # classifier / projection heads: not part of the trunk
 
 
-def _state_dict(obj, source: str) -> dict:
+def state_dict_of(obj, source: str) -> dict:
     """The state_dict inside a loaded checkpoint: its ``encoder`` (this project), ``state_dict``
     (MoCo, mmcv, CorrFlow) or ``model`` entry, else the object itself."""
     if not isinstance(obj, dict):
@@ -156,7 +152,7 @@ def checkpoint_format(ckpt) -> str:
     meta = ckpt.get("meta")
     if isinstance(meta, dict) and "kind" in meta:
         return "project"
-    sd = _state_dict(ckpt, "checkpoint")
+    sd = state_dict_of(ckpt, "checkpoint")
     keys = {k.removeprefix("module.").split(".")[0] for k in sd}
     if {"feature_extraction", "post_convolution"} <= keys:
         return "corrflow"
@@ -172,7 +168,7 @@ def extract_encoder_state(obj: dict, source: str = "checkpoint") -> dict[str, to
     that holds a ``conv1.weight``, with the prefix stripped and the heads (``fc.*``, ``head.*``)
     dropped; nothing else in the file is taken (MoCo's ``encoder_k``, STT's teacher ``backbone_t``).
     """
-    sd = _state_dict(obj, source)
+    sd = state_dict_of(obj, source)
     prefix = _trunk_prefix(sd)
     if prefix is None:
         raise ValueError(
@@ -182,45 +178,6 @@ def extract_encoder_state(obj: dict, source: str = "checkpoint") -> dict[str, to
         )
     return {k[len(prefix):]: v for k, v in sd.items()
             if k.startswith(prefix) and torch.is_tensor(v) and not k[len(prefix):].startswith(_HEADS)}
-
-
-# CorrFlow's release (zlai0/CorrFlow models/corrflow.py, submodule.py; saved from nn.DataParallel,
-# hence "module."): ``feature_extraction`` is a ResNet-18 whose blocks hold ``left`` (conv, bn, relu,
-# conv, bn) and ``shortcut`` (conv, bn), ``post_convolution`` the 3x3 conv to 64-d: the network of
-# :class:`stt.models.CorrFlowEncoder`, under other names.
-_CORRFLOW_KEYS = (
-    (r"feature_extraction\.conv1\.0\.", "conv1."),
-    (r"feature_extraction\.conv1\.1\.", "bn1."),
-    (r"feature_extraction\.(layer\d\.\d+)\.left\.0\.", r"\1.conv1."),
-    (r"feature_extraction\.(layer\d\.\d+)\.left\.1\.", r"\1.bn1."),
-    (r"feature_extraction\.(layer\d\.\d+)\.left\.3\.", r"\1.conv2."),
-    (r"feature_extraction\.(layer\d\.\d+)\.left\.4\.", r"\1.bn2."),
-    (r"feature_extraction\.(layer\d\.\d+)\.shortcut\.0\.", r"\1.downsample.0."),
-    (r"feature_extraction\.(layer\d\.\d+)\.shortcut\.1\.", r"\1.downsample.1."),
-    (r"post_convolution\.", "head."),
-)
-
-
-def corrflow_release_state(obj: dict, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """A released CorrFlow checkpoint's encoder with :class:`stt.models.CorrFlowEncoder`'s key
-    names (:data:`_CORRFLOW_KEYS`). A key that no rule renames is an error naming the file and the
-    first such keys: that file is not the released architecture."""
-    import re
-
-    out, unmatched = {}, []
-    for key, v in _state_dict(obj, source).items():
-        k = key.removeprefix("module.")
-        for pattern, repl in _CORRFLOW_KEYS:
-            new, n = re.subn("^" + pattern, repl, k)
-            if n:
-                out[new] = v
-                break
-        else:
-            unmatched.append(key)
-    if unmatched:
-        raise ValueError(f"{source}: not the encoder of CorrFlow's release (feature_extraction = its ResNet18, "
-                         f"post_convolution); {len(unmatched)} keys have no counterpart, first: {unmatched[:5]}")
-    return out
 
 
 def load_encoder_state(encoder: nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -271,94 +228,3 @@ def trunk_encoder(ckpt: dict, source: str = "checkpoint", variant: str | None = 
     enc = ResNetEncoder(meta.get("arch", infer_arch(sd)), variant or trained_variant, input_space or trained_input)
     load_encoder_state(enc, sd, source=source)
     return enc
-
-
-class CorrFlowEncoder(nn.Module):
-    """CorrFlow's encoder (SPEC section 1): ResNet-18-like, no max-pool, only layer2 strided,
-    layer3 and layer4 at 256 channels and stride 1 (output stride 4), then a 3x3 conv to 64-d
-    features. Input: RGB in [0, 1] (B x 3 x H x W)."""
-
-    stride = 4
-
-    def __init__(self, dim: int = 64):
-        super().__init__()
-        base = torchvision.models.resnet18(weights=None)
-        self.conv1, self.bn1, self.relu = base.conv1, base.bn1, base.relu
-        self.layer1, self.layer2 = base.layer1, base.layer2
-        base.inplanes = 128
-        block = torchvision.models.resnet.BasicBlock
-        self.layer3 = base._make_layer(block, 256, 2, stride=1)
-        self.layer4 = base._make_layer(block, 256, 2, stride=1)
-        self.head = nn.Conv2d(256, dim, 3, padding=1)
-
-    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(rgb)))  # /2
-        x = self.layer2(self.layer1(x))  # /4
-        return self.head(self.layer4(self.layer3(x)))  # B x 64 x H/4 x W/4
-
-
-# --------------------------------------------------------------------------------------------
-# Feature models for label propagation: frames in, L2-normalisable feature maps out.
-# --------------------------------------------------------------------------------------------
-
-
-class LabPixels(nn.Module):
-    """Baseline: raw normalised Lab pixels, average-pooled like a stride-``stride`` map."""
-
-    def __init__(self, stride: int = 8):
-        super().__init__()
-        self.stride = stride
-
-    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(rgb_to_normalized_lab(rgb), self.stride, self.stride, ceil_mode=True)
-
-
-class TrunkFeatures(nn.Module):
-    """A ResNet trunk used at test time: RGB in, one level's feature map out."""
-
-    def __init__(self, encoder: ResNetEncoder, level: str = "layer3"):
-        super().__init__()
-        self.encoder, self.level = encoder, level
-        self.stride = encoder.strides()[level]
-
-    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.encoder.preprocess(rgb), levels=(self.level,))[self.level]
-
-
-def build_feature_model(spec: str, variant: str = "stride8", seed: int = 0,
-                        input_space: str | None = None) -> tuple[nn.Module, dict]:
-    """Build a test-time feature model from a name or a checkpoint path.
-
-    ``spec`` is ``"lab"``, ``"random-r18"`` / ``"random-r50"`` (seeded torchvision init) or a
-    checkpoint path (:func:`checkpoint_format`: this project's, torchvision's, MoCo's, a released
-    STT or CorrFlow file), fed ``input_space`` (default: the one it was trained on,
-    :func:`trained_as`; CorrFlow's encoder reads RGB only). Returns the model (eval mode) and a
-    description dict: "name" for display, the rest (the file's digest for checkpoints)
-    identifies the weights and keys cached results.
-    """
-    stride = {"stride8": 8, "stride4": 4}.get(variant)
-    if spec == "lab":
-        if input_space not in (None, "lab"):
-            raise ValueError(f"the lab baseline is the Lab pixels themselves; input space {input_space!r} does not apply")
-        return LabPixels(stride or 8).eval(), {"name": "lab", "stride": stride or 8}
-    if spec in ("random-r18", "random-r50"):
-        torch.manual_seed(seed)
-        enc = ResNetEncoder("resnet18" if spec.endswith("18") else "resnet50", variant, input_space or "lab")
-        desc = {"name": spec, "variant": variant, "seed": seed}
-        if enc.input_space != "lab":  # recorded when not the default, so earlier results folders still match
-            desc["input"] = enc.input_space
-        return TrunkFeatures(enc).eval(), desc
-    ckpt = load_checkpoint(spec)
-    fmt = checkpoint_format(ckpt)
-    name = "/".join(Path(spec).resolve().parts[-2:])  # e.g. spatial/checkpoint.pth
-    if fmt == "corrflow" or (fmt == "project" and ckpt["meta"]["kind"] == "corrflow"):
-        if input_space not in (None, "rgb"):
-            raise ValueError(f"{spec}: CorrFlow's encoder reads RGB in [0, 1]; input space {input_space!r} does not apply")
-        enc = CorrFlowEncoder()
-        sd = ckpt["encoder"] if fmt == "project" else corrflow_release_state(ckpt, str(spec))
-        load_encoder_state(enc, sd, source=str(spec))
-        return enc.eval(), {"name": name, "kind": "corrflow", "file": file_digest(spec)}
-    enc = trunk_encoder(ckpt, str(spec), variant, input_space)
-    kind = ckpt["meta"]["kind"] if fmt == "project" else "trunk"
-    return TrunkFeatures(enc).eval(), {"name": name, "kind": kind, "variant": variant, "input": enc.input_space,
-                                       "file": file_digest(spec)}

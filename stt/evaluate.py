@@ -42,10 +42,10 @@ from tqdm.auto import tqdm
 from .checkpoint import atomic_save_npz, ensure_writable, load_checkpoint, write_text
 from .datasets import DAVIS, cache_dir, data_path, find_davis, read_mask, resize_short_side, to_tensor
 from .device import resolve_device
-from .encoder import build_feature_model
+from .features import build_feature_model
 from .metrics import evaluate_davis_sequence, summarize_davis, write_davis_csvs
+from .methods import own_protocols
 from .propagation import (
-    CORRFLOW_PROTOCOL,
     PropagationConfig,
     downsample_labels,
     propagate_recursive,
@@ -53,9 +53,6 @@ from .propagation import (
     upsample_predictions,
 )
 from .viz import davis_palette
-
-PROTOCOLS = ("common", "corrflow")
-
 
 def resolve_davis_root(data: str | Path | None) -> tuple[Path, bool]:
     """``"synthetic"`` -> the generated stand-in (made on first use); else a real DAVIS folder.
@@ -105,11 +102,6 @@ def model_identity(desc: dict) -> dict:
     """What identifies a model's weights in cached results: the file digest of a checkpoint (not its
     path, so a moved checkpoint is still recognised), else its name and settings."""
     return {k: v for k, v in desc.items() if k != "name" or "file" not in desc}
-
-
-def net_radius(model: str) -> int:
-    """The attention radius a CorrFlow checkpoint was trained with (its own protocol uses it)."""
-    return int(load_checkpoint(model).get("meta", {}).get("radius", 6))
 
 
 def _write_png(path: Path, ids: np.ndarray, palette) -> None:
@@ -185,16 +177,16 @@ def scaled_config(cfg: PropagationConfig, stride: int) -> PropagationConfig:
 
 
 def predict_sequence(model, stride: int, frames: np.ndarray, first_ids: np.ndarray, n_objects: int,
-                     short_side: int | None, cfg: PropagationConfig, device,
-                     protocol: str = "common", radius: int = 6, square: int | None = None) -> Iterator[np.ndarray]:
+                     short_side: int | None, cfg: PropagationConfig, device, own: dict | None = None,
+                     square: int | None = None) -> Iterator[np.ndarray]:
     """Propagate the first frame's id map through ``frames``; yields id maps of frames 1..T-1.
 
-    ``protocol``: "common" (SPEC section 5, ``cfg``) or "corrflow" (CorrFlow's own,
-    :data:`~stt.propagation.CORRFLOW_PROTOCOL`: previous frame only, hard labels, the model's own
-    attention with ``radius``; ``cfg`` is not used)."""
-    own = protocol == "corrflow"
-    first_mode = CORRFLOW_PROTOCOL["first_label"] if own else cfg.first_label
-    minmax = CORRFLOW_PROTOCOL["minmax"] if own else cfg.minmax
+    By the common protocol (SPEC section 5, ``cfg``), or, with ``own``, a method's own protocol
+    of fixed settings (``radius``, ``hard``, ``first_label``, ``minmax``; CorrFlow's:
+    :data:`~stt.propagation.CORRFLOW_PROTOCOL`): previous frame only, the model's own attention
+    over ``radius``; ``cfg`` is not used."""
+    first_mode = own["first_label"] if own else cfg.first_label
+    minmax = own["minmax"] if own else cfg.minmax
     size = first_ids.shape
     feats = iter_features(model, frames, short_side, stride, device, square=square)
     first = next(feats)
@@ -207,7 +199,7 @@ def predict_sequence(model, stride: int, frames: np.ndarray, first_ids: np.ndarr
 
     with torch.no_grad():
         if own:
-            preds = propagate_recursive(stream(), first_label, radius, hard=CORRFLOW_PROTOCOL["hard"])
+            preds = propagate_recursive(stream(), first_label, own["radius"], hard=own["hard"])
         else:
             preds = propagate_video(stream(), first_label, scaled_config(cfg, stride))
         # argmax over a channels-last copy: 7x faster than reducing over the strided dim 0
@@ -288,9 +280,10 @@ def evaluate_davis(
             project's, torchvision's, MoCo's, a released STT or CorrFlow file).
         short_side: resize frames to this short side (default: native, 480 on DAVIS 480p).
         sequences: subset of sequence names (default: the whole split).
-        protocol: "common" (SPEC section 5, every model, ``cfg``) or "corrflow" (CorrFlow
-            checkpoints: :data:`~stt.propagation.CORRFLOW_PROTOCOL`, which has no options: a
-            ``cfg`` other than the default is refused rather than ignored).
+        protocol: "common" (SPEC section 5, every model, ``cfg``) or a method's own protocol
+            (:func:`stt.methods.own_protocols`; "corrflow": CorrFlow checkpoints,
+            :data:`~stt.propagation.CORRFLOW_PROTOCOL`), which has no options: a ``cfg`` other
+            than the default is refused rather than ignored.
         stride: 8 (default) or 4, the trunk's test-time variant (STT's "stride 4" rows); the
             radius, given in stride-8 cells, is rescaled.
         input_space: what the encoder is fed (``lab``, ``rgb-imagenet``, ``rgb``); default: the
@@ -299,14 +292,16 @@ def evaluate_davis(
         the global results (``J&F-Mean``, ``J-Mean``, ...).
     """
     cfg = cfg or PropagationConfig()
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}: expected one of {PROTOCOLS}")
-    if protocol == "corrflow" and cfg != PropagationConfig():
-        default = PropagationConfig().as_dict()
-        changed = {k: v for k, v in cfg.as_dict().items() if v != default[k]}
-        raise ValueError(f"the corrflow protocol has fixed settings ({CORRFLOW_PROTOCOL} and the model's radius); "
-                         f"the common protocol's options {changed} do not apply to it: drop them, or use "
-                         "the common protocol")
+    own_method = None
+    if protocol != "common":
+        own_method = own_protocols().get(protocol)
+        if own_method is None:
+            raise ValueError(f"unknown protocol {protocol!r}: expected one of {('common', *own_protocols())}")
+        if cfg != PropagationConfig():
+            default = PropagationConfig().as_dict()
+            changed = {k: v for k, v in cfg.as_dict().items() if v != default[k]}
+            raise ValueError(f"the {protocol} protocol has fixed settings (its method's); the common protocol's "
+                             f"options {changed} do not apply to it: drop them, or use the common protocol")
     root, synthetic = resolve_davis_root(data)
     ds = DAVIS(root, year=year, sequences=sequences)
     dev = resolve_device(device)
@@ -315,13 +310,15 @@ def evaluate_davis(
     else:
         net, desc = _feature_model(model, stride, input_space, dev)
         stride = net.stride
-    if protocol == "corrflow" and desc.get("kind") != "corrflow":
-        raise ValueError(f"the corrflow protocol needs a CorrFlow checkpoint, got {model}")
-    radius = net_radius(model) if protocol == "corrflow" else None
+    own = None
+    if own_method is not None:
+        if desc.get("kind") != own_method.kind:
+            raise ValueError(f"the {protocol} protocol needs a {own_method.title} checkpoint, got {model}")
+        own = own_method.protocol_settings(load_checkpoint(model))
     if net is None:
         prop = None
-    elif protocol == "corrflow":
-        prop = {"protocol": "corrflow", "radius": radius, **CORRFLOW_PROTOCOL}
+    elif own is not None:
+        prop = {"protocol": protocol, **own}
     else:
         prop = scaled_config(cfg, stride).as_dict()
     first_masks = {n: ds.sequence(n).masks[0] for n in ds.names}
@@ -387,7 +384,7 @@ def evaluate_davis(
             if net is None:
                 it = (gt[0] for _ in range(len(frames) - 1))
             else:
-                it = predict_sequence(net, stride, frames, gt[0], n_obj, short_side, cfg, dev, protocol, radius)
+                it = predict_sequence(net, stride, frames, gt[0], n_obj, short_side, cfg, dev, own)
             for stem, ids in zip(stems[1:], it):
                 pngs.append(writer.submit(_write_png, pred_dir / f"{stem}.png", ids, palette))
                 preds.append(ids)
@@ -428,6 +425,22 @@ def per_sequence_jf(folder: str | Path) -> dict[str, float]:
 # ---------------------------------------------------------------------------- JHMDB and VIP
 
 
+def _square_task(ds, subdir: str, model, stride, input_space, device, cfg, out, overwrite, progress, dataset: dict,
+                 **settings):
+    """What JHMDB and VIP share before their loop: the feature model, the settings check of
+    ``out`` (``dataset`` and ``settings`` beside the model's identity and the propagation), the
+    names still to do and a progress bar over them. Returns (out, device, model, todo, bar)."""
+    dev = resolve_device(device)
+    net, desc = _feature_model(model, stride, input_space, dev)
+    out = Path(out)
+    _check_settings(out, {"dataset": {"root": str(ds.root.resolve()), **dataset}, **settings,
+                          "model": model_identity(desc), "propagation": scaled_config(cfg, net.stride).as_dict()},
+                    overwrite, subdirs=(subdir,))
+    todo = pending(out, ds.names, subdir)
+    bar = tqdm(total=len(todo), desc=f"{desc['name']} on {type(ds).__name__}", unit=subdir[:-1], disable=not progress)
+    return out, dev, net, todo, bar
+
+
 def evaluate_jhmdb(data=None, model: str = "random-r18", out: str | Path = "runs/eval/jhmdb", size: int = 320,
                    cfg: PropagationConfig | None = None, split: int = 1, sigma: float = 0.5, device: str = "auto",
                    overwrite: bool = False, progress: bool = True, stride: int | None = None,
@@ -443,15 +456,8 @@ def evaluate_jhmdb(data=None, model: str = "random-r18", out: str | Path = "runs
 
     cfg = cfg or PropagationConfig(radius=5)
     ds = JHMDB(data, split)
-    dev = resolve_device(device)
-    net, desc = _feature_model(model, stride, input_space, dev)
-    settings = {"dataset": {"root": str(ds.root.resolve()), "split": split, "clips": ds.names}, "size": size,
-                "sigma": sigma, "model": model_identity(desc),
-                "propagation": scaled_config(cfg, net.stride).as_dict()}
-    out = Path(out)
-    _check_settings(out, settings, overwrite, subdirs=("clips",))
-    todo = pending(out, ds.names, "clips")
-    bar = tqdm(total=len(todo), desc=f"{desc['name']} on JHMDB", unit="clip", disable=not progress)
+    out, dev, net, todo, bar = _square_task(ds, "clips", model, stride, input_space, device, cfg, out, overwrite,
+                                            progress, {"split": split, "clips": ds.names}, size=size, sigma=sigma)
 
     def process(name, loaded):
         frames, joints = loaded
@@ -502,15 +508,8 @@ def evaluate_vip(data=None, model: str = "random-r18", out: str | Path = "runs/e
 
     cfg = cfg or PropagationConfig(radius=16)
     ds = VIP(data, split)
-    dev = resolve_device(device)
-    net, desc = _feature_model(model, stride, input_space, dev)
-    settings = {"dataset": {"root": str(ds.root.resolve()), "split": split, "videos": ds.names}, "size": size,
-                "model": model_identity(desc),
-                "propagation": scaled_config(cfg, net.stride).as_dict()}
-    out = Path(out)
-    _check_settings(out, settings, overwrite, subdirs=("videos",))
-    todo = pending(out, ds.names, "videos")
-    bar = tqdm(total=len(todo), desc=f"{desc['name']} on VIP", unit="video", disable=not progress)
+    out, dev, net, todo, bar = _square_task(ds, "videos", model, stride, input_space, device, cfg, out, overwrite,
+                                            progress, {"split": split, "videos": ds.names}, size=size)
 
     def process(name, loaded):
         frames, labels = loaded

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from .datasets import DAVIS, resize_short_side, to_tensor
-from .encoder import build_feature_model
+from .features import build_feature_model
 from .propagation import normalize_features
 from .viz import overlay
 

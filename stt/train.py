@@ -16,7 +16,7 @@ Speed: batches come from pinned memory with several batches prefetched per worke
 may define ``collate`` and ``to_device`` to move uint8 crops and finish its augmentation on the
 device in batch (:class:`stt.views.TwoViews`). The forward pass runs under bf16 autocast where
 the device computes bf16 natively (``amp``; the losses themselves stay in fp32, see
-:mod:`stt.models`), with channels-last activations on CUDA; logged scalars are summed on the
+:func:`stt.device.full_precision`), with channels-last activations on CUDA; logged scalars are summed on the
 device, so the host never waits for the GPU between log steps.
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) each rank takes its slice of every global
@@ -33,6 +33,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -53,22 +54,22 @@ class TrainConfig:
 
     steps: int = 1000
     batch_size: int = 64
-    optimizer: str = "sgd"  # sgd | adam | adamw
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = 0.03
     weight_decay: float = 1e-4
-    momentum: float = 0.9  # sgd
-    betas: tuple = (0.9, 0.999)  # adam / adamw
+    sgd_momentum: float = 0.9  # sgd
+    betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # cosine decays lr to lr * min_lr_ratio
-    lr_milestones: tuple = ()  # if given: step decay instead of cosine, lr *= lr_gamma at each
+    lr_milestones: tuple[int, ...] = ()  # if given: step decay instead of cosine, lr *= lr_gamma at each
     lr_gamma: float = 0.5
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 200
     num_workers: int = 0
-    device: str = "auto"
-    amp: str = "auto"  # bf16 autocast: "auto" (where the device computes bf16 natively), "bf16" or "off"
-    channels_last: str = "auto"  # NHWC activations: "auto" (CUDA), "on" or "off"
+    device: str = "auto"  # cpu | cuda | cuda:N | auto
+    amp: Literal["auto", "bf16", "off"] = "auto"  # bf16 autocast: "auto" (where the device computes bf16 natively)
+    channels_last: Literal["auto", "on", "off"] = "auto"  # NHWC activations: "auto" (CUDA)
     sync_bn: bool = False
     extra: dict = field(default_factory=dict)  # recipe settings recorded with the run
 
@@ -148,20 +149,37 @@ def distributed_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
+MACHINE = ("log_every", "ckpt_every", "num_workers", "device", "amp", "channels_last")  # where, not what
+
+
+def computation_settings(config: dict) -> dict:
+    """A checkpoint's ``config`` as the flat settings that change what is computed: the training
+    settings but :data:`MACHINE`, with the recipe's settings (``extra``) beside them, tuples as
+    lists. Checkpoints of earlier versions named the SGD momentum ``momentum``."""
+    config = dict(config)
+    extra = config.pop("extra", {})
+    if "momentum" in config:
+        config["sgd_momentum"] = config.pop("momentum")
+    flat = {k: v for k, v in {**config, **extra}.items() if k not in MACHINE}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()}
+
+
 class Trainer:
     """Train ``model`` on ``dataset`` (items indexed by ``(index, seed)`` pairs) into ``out_dir``.
 
     If ``out_dir`` holds a checkpoint of the same configuration, training resumes from it: from
     its step, with its history, and ``train_log.jsonl`` cut back to that history (a run killed
     between checkpoints logged steps that the resumed run computes again). A checkpoint of another
-    configuration, another number of steps (the lr schedule depends on it) or another data source
-    (``meta["data"]``) is an error (use another folder). The output folder is checked for write
+    configuration (:func:`computation_settings`; a setting it does not record counts as its value
+    in ``defaults``), another number of steps (the lr schedule depends on it) or another data
+    source (``meta["data"]``) is an error naming the settings that differ (use another folder). The output folder is checked for write
     access before anything is computed.
     """
 
     def __init__(self, model: nn.Module, dataset, cfg: TrainConfig, out_dir, meta: dict | None = None,
-                 progress: bool = True, collate_fn=None):
+                 progress: bool = True, collate_fn=None, defaults: dict | None = None):
         self.cfg, self.dataset, self.out = cfg, dataset, Path(out_dir)
+        self.defaults = defaults or {}
         self.rank, self.world, local = distributed_env()
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -183,7 +201,7 @@ class Trainer:
                 self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         params = [p for p in self.module.parameters() if p.requires_grad]
         if cfg.optimizer == "sgd":
-            self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
         elif cfg.optimizer in ("adam", "adamw"):
             cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
             self.opt = cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
@@ -207,11 +225,13 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         ck = load_checkpoint(path)
-        machine = ("log_every", "ckpt_every", "num_workers", "device", "amp", "channels_last")
-        saved = {k: v for k, v in ck["config"].items() if k not in machine}
-        mine = {k: v for k, v in self._config_dict().items() if k in saved}
-        if saved != mine:
-            diff = {k: (saved[k], mine.get(k)) for k in saved if saved[k] != mine.get(k)}
+        saved, mine = computation_settings(ck["config"]), computation_settings(self._config_dict())
+        # A setting an older checkpoint does not record ran at its default (``defaults``); one it
+        # records that this code no longer has changes nothing now.
+        defaults = computation_settings({"extra": self.defaults})
+        ran = {k: saved.get(k, defaults.get(k, "not recorded")) for k in mine}
+        diff = {k: (ran[k], v) for k, v in mine.items() if ran[k] != v}
+        if diff:
             why = " (the number of steps sets the lr schedule)" if "steps" in diff else ""
             raise RuntimeError(f"{path} was trained with other settings {diff} (saved, requested){why}; "
                                "resuming would mix two runs: use another output folder (--out)")

@@ -3,6 +3,9 @@ the augmentations). :class:`TwoViews`: MoCo's two views of one still image; :cla
 crops of consecutive frames for the reconstruction methods (STT step 2, CorrFlow)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 import torch
 
@@ -125,3 +128,17 @@ class FrameClips(torch.utils.data.Dataset):
         B, T = crops.shape[:2]
         x = resize_crops(crops.flatten(0, 1), sizes.repeat_interleave(T, 0), self.size)
         return flip_batch(x.view(B, T, 3, self.size, self.size), b["flip"])
+
+
+@dataclass
+class ClipSettings:
+    """What the clips of the reconstruction methods are made of (:class:`FrameClips` of
+    :class:`stt.video.VideoFrames`): their settings in a method's ``data`` group."""
+
+    image_size: int = 256  # side of the square crop
+    fps: float = 6.0  # frames per second kept from each video
+    short_side: int | None = 256  # frames resized to this short side when decoded; None: native
+    max_videos: int | None = None  # use only the first N videos
+    cache: bool | Literal["auto"] = "auto"  # keep decoded frames on disk (stt.recipe.frame_cache)
+    augment: Literal["auto", "device", "workers"] = "auto"  # where the crops are resized
+    gap: int = 1  # stored frames between the frames of a clip

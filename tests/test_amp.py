@@ -3,7 +3,7 @@ equals the fp32 loss within the stated tolerance.
 
 Tolerance: the total loss within 1 % of fp32, every logged term within 5 % (the encoders run in
 bf16; colour conversion, correlations, softmaxes and losses stay in fp32, and STT's GCD teacher
-runs in fp32, see stt.models). Measured on this project's CPU: total loss 0.03-0.35 % off,
+runs in fp32, see stt.device.full_precision). Measured on this project's CPU: total loss 0.03-0.35 % off,
 the worst term CorrFlow's long cycle at 2-3 %.
 """
 import copy
@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from stt.encoder import ResNetEncoder
-from stt.models import STT, CorrFlow, MoCo
+from stt.corrflow import CorrFlow
+from stt.moco import MoCo
+from stt.temporal import STT
 
 TOTAL, TERM = 0.01, 0.05
 

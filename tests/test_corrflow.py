@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from stt.affinity import dense_local_correlation_reference
 from stt.color import kmeans, quantize_ab, rgb_to_lab
 from stt.losses import corrflow_nll
-from stt.models import CorrFlow, CorrFlowEncoder
+from stt.corrflow import CorrFlow, CorrFlowEncoder
 from stt.propagation import propagate_recursive
 
 
@@ -108,7 +108,7 @@ def test_scheduled_sampling_epsilon_and_losses():
 
 
 def test_frame2_from_ground_truth_when_epsilon_is_one():
-    m = _model(eps=(1.0, 1.0), drop_prob=0.0, jitter_prob=0.0).eval()
+    m = _model(scheduled_sampling=False, drop_prob=0.0, jitter_prob=0.0).eval()
     clip = torch.rand(1, 3, 3, 32, 32, generator=_g(10))
     out = m(clip, _g(0))
     labels = quantize_ab(rgb_to_lab(clip), m.centroids)
@@ -133,7 +133,7 @@ def test_recursive_protocol_carries_hard_labels():
 
 
 def test_corrflow_checkpoint_evaluates_under_both_protocols(tiny_synthetic, tmp_path):
-    from stt.encoder import build_feature_model
+    from stt.features import build_feature_model
     from stt.evaluate import evaluate_davis
 
     m = _model()
@@ -190,18 +190,18 @@ def few_videos(tmp_path_factory):
 
 
 def test_color_clusters_reads_grouped_the_frames_read_one_by_one(few_videos, monkeypatch):
-    import stt.recipes
+    import stt.corrflow
 
     seen = []
-    real = stt.recipes.kmeans
-    monkeypatch.setattr(stt.recipes, "kmeans", lambda x, k, **kw: seen.append(x) or real(x, k, **kw))
+    real = stt.corrflow.kmeans
+    monkeypatch.setattr(stt.corrflow, "kmeans", lambda x, k, **kw: seen.append(x) or real(x, k, **kw))
     ref = _color_clusters_one_by_one(few_videos, 4, 20, seed=2)
-    c = stt.recipes.color_clusters(few_videos, 4, 20, seed=2, device="cpu", progress=False, workers=2)
+    c = stt.corrflow.color_clusters(few_videos, 4, 20, seed=2, device="cpu", progress=False, workers=2)
     assert seen[0].shape == ref.shape and torch.allclose(seen[0], ref, atol=1e-4)  # same points, same order
     assert torch.allclose(c, real(ref, 4, seed=2), atol=1e-3)
     # Bounded: a uniform sample of max_points of those points, the same for the same seed.
-    c1 = stt.recipes.color_clusters(few_videos, 4, 20, seed=2, max_points=500, progress=False, workers=1)
-    c2 = stt.recipes.color_clusters(few_videos, 4, 20, seed=2, max_points=500, progress=False, workers=3)
+    c1 = stt.corrflow.color_clusters(few_videos, 4, 20, seed=2, max_points=500, progress=False, workers=1)
+    c2 = stt.corrflow.color_clusters(few_videos, 4, 20, seed=2, max_points=500, progress=False, workers=3)
     assert torch.equal(c1, c2) and seen[1].shape == (500, 2) and torch.equal(seen[1], seen[2])
     d = torch.cdist(seen[1], ref, compute_mode="donot_use_mm_for_euclid_dist")
     assert (d.min(1).values < 1e-3).all()  # every kept point is one of the frames' points

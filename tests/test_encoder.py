@@ -2,13 +2,8 @@ import pytest
 import torch
 import torchvision
 
-from stt.encoder import (
-    LabPixels,
-    ResNetEncoder,
-    build_feature_model,
-    extract_encoder_state,
-    load_encoder_state,
-)
+from stt.encoder import ResNetEncoder, extract_encoder_state, load_encoder_state
+from stt.features import LabPixels, build_feature_model
 
 
 @pytest.mark.parametrize(

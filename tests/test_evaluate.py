@@ -41,7 +41,7 @@ def test_lab_model_end_to_end_and_resume(tiny_synthetic, tmp_path):
 
 
 def test_features_do_not_depend_on_the_batch(tiny_synthetic):
-    from stt.encoder import build_feature_model
+    from stt.features import build_feature_model
     from stt.evaluate import iter_features
 
     frames, _ = DAVIS(tiny_synthetic).load(DAVIS(tiny_synthetic).names[0])

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from stt.losses import info_nce
-from stt.models import MoCo
+from stt.moco import MoCo
 
 
 def test_info_nce_equals_naive_formula():
@@ -105,7 +105,7 @@ def test_queue_remembers_instances_and_excludes_them():
 
 
 def test_queue_is_sized_from_the_data(capsys):
-    from stt.recipes import moco_queue_size
+    from stt.moco import moco_queue_size
 
     assert moco_queue_size("auto", 2657, 0.25) == 664
     assert moco_queue_size("auto", 1_281_167, 0.25) == 65536  # ImageNet: the papers' queue
@@ -120,7 +120,7 @@ def test_spatial_recipe_refuses_a_queue_larger_than_its_data(tmp_path, monkeypat
     import numpy as np
     from PIL import Image
 
-    from stt.recipes import train_spatial
+    from stt.moco import train_spatial
 
     monkeypatch.setenv("STT_CACHE", str(tmp_path / "cache"))
     for i in range(12):

@@ -18,7 +18,7 @@ from stt.losses import (
     uncertainty,
     uncertainty_mask,
 )
-from stt.models import STT
+from stt.temporal import STT
 
 
 def _g(seed):

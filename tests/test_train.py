@@ -13,7 +13,7 @@ from PIL import Image
 
 from stt.video import StillImages
 from stt.views import TwoViews
-from stt.models import MoCo
+from stt.moco import MoCo
 from stt.checkpoint import load_checkpoint
 from stt.train import StepBatches, TrainConfig, Trainer, lr_at
 
@@ -93,7 +93,7 @@ def test_checkpoint_contents_and_other_settings_refused(image_folder, tmp_path):
     assert ck["meta"]["kind"] == "moco" and ck["meta"]["input"] == "lab" and ck["meta"]["test"]
     assert "conv1.weight" in ck["encoder"] and not any(k.startswith("fc.") for k in ck["encoder"])
     assert not list((tmp_path / "a").glob("*.tmp"))
-    from stt.encoder import build_feature_model
+    from stt.features import build_feature_model
 
     model, _ = build_feature_model(str(tmp_path / "a" / "checkpoint.pth"))
     assert torch.equal(model.encoder.conv1.weight, ck["encoder"]["conv1.weight"])
@@ -142,7 +142,7 @@ class Lin(nn.Module):
         x, y = batch
         return {"loss": ((self.l(x) - y) ** 2).mean()}
 
-cfg = TrainConfig(steps=6, batch_size=8, lr=0.1, optimizer="sgd", momentum=0.0, weight_decay=0.0, log_every=1, device="cpu",
+cfg = TrainConfig(steps=6, batch_size=8, lr=0.1, optimizer="sgd", sgd_momentum=0.0, weight_decay=0.0, log_every=1, device="cpu",
                   amp="off")  # the equality below is exact in fp32
 Trainer(Lin(), Data(), cfg, sys.argv[1], progress=False).fit()
 """
@@ -181,7 +181,8 @@ def test_ddp_moco_smoke_through_the_cli(image_folder, tmp_path):
 
 
 def test_training_falls_back_to_synthetic_videos(tmp_path, monkeypatch, capsys):
-    from stt.recipes import default_video_data, train_spatial
+    from stt.moco import train_spatial
+    from stt.recipe import default_video_data
 
     monkeypatch.setenv("STT_DATA", str(tmp_path / "empty"))
     monkeypatch.setenv("STT_CACHE", str(tmp_path / "cache"))
@@ -195,36 +196,48 @@ def test_training_falls_back_to_synthetic_videos(tmp_path, monkeypatch, capsys):
 def test_gpu_presets_run_a_few_steps_on_cpu(tmp_path, monkeypatch):
     """The `gpu` presets (sized for one GPU) start and train on a CPU: 2 steps each, with batch,
     crop and workers shrunk so the test stays short; everything else is the preset's."""
-    from stt import recipes
+    from stt.corrflow import train_corrflow
+    from stt.moco import train_spatial
     from stt.synthetic import make_synthetic_videos
+    from stt.temporal import train_temporal
 
     monkeypatch.setenv("STT_CACHE", str(tmp_path / "cache"))
     videos = make_synthetic_videos(tmp_path / "videos", n_videos=2, n_frames=8, size=(64, 80))
     small = dict(steps=2, image_size=32, num_workers=0, device="cpu", log_every=1)
-    ck = recipes.train_spatial(videos, tmp_path / "s", "gpu", progress=False, batch_size=16, **{**small, "image_size": 64})
+    ck = train_spatial(videos, tmp_path / "s", "gpu", progress=False, batch_size=16, **{**small, "image_size": 64})
     assert load_checkpoint(ck)["step"] == 2 and load_checkpoint(ck)["config"]["lr"] == pytest.approx(0.03 * 16 / 256)
-    ck = recipes.train_temporal(videos, tmp_path / "t", "gpu", init=ck, teacher=ck, progress=False, batch_size=2, **small)
+    ck = train_temporal(videos, tmp_path / "t", "gpu", init=ck, teacher=ck, progress=False, batch_size=2, **small)
     assert load_checkpoint(ck)["meta"]["config"] == "gpu"
-    ck = recipes.train_corrflow(videos, tmp_path / "c", "gpu", progress=False, batch_size=2, kmeans_frames=4, **small)
+    ck = train_corrflow(videos, tmp_path / "c", "gpu", progress=False, batch_size=2, kmeans_frames=4, **small)
     assert len(load_checkpoint(ck)["history"]) == 2
 
 
-def test_moco_crop_scale_is_recorded_only_when_changed(tmp_path, monkeypatch):
-    """A changed crop range is part of the run's identity (resuming with another one is refused);
-    MoCo's own range is not written, so checkpoints from before the setting existed resume."""
-    from stt import recipes
+def test_resume_names_the_settings_that_differ_and_reads_older_checkpoints(tmp_path, monkeypatch):
+    """Every setting is recorded and a resume with another value is refused, naming it; a setting
+    an older checkpoint does not record ran at the method's default (the SGD momentum's earlier
+    name included), so older checkpoints resume."""
+    from stt import moco
     from stt.synthetic import make_synthetic_videos
 
     monkeypatch.setenv("STT_CACHE", str(tmp_path / "cache"))
     videos = make_synthetic_videos(tmp_path / "videos", n_videos=2, n_frames=6, size=(48, 64))
     kw = dict(steps=1, batch_size=4, image_size=32, num_workers=0, device="cpu", log_every=1, progress=False)
-    ck = recipes.train_spatial(videos, tmp_path / "moco", "smoke", **kw)
-    assert "crop_scale" not in load_checkpoint(ck)["config"]["extra"]
-    ck = recipes.train_spatial(videos, tmp_path / "local", "smoke", crop_scale=recipes.LOCAL_CROP_SCALE, **kw)
-    assert tuple(load_checkpoint(ck)["config"]["extra"]["crop_scale"]) == recipes.LOCAL_CROP_SCALE
-    assert recipes.SPATIAL["small"]["crop_scale"] == recipes.LOCAL_CROP_SCALE
-    with pytest.raises(RuntimeError, match="other settings"):
-        recipes.train_spatial(videos, tmp_path / "local", "smoke", **{**kw, "steps": 2})
+    ck = moco.train_spatial(videos, tmp_path / "local", "smoke", crop_scale=moco.LOCAL_CROP_SCALE, **kw)
+    saved = load_checkpoint(ck)
+    assert tuple(saved["config"]["extra"]["crop_scale"]) == moco.LOCAL_CROP_SCALE
+    assert moco.PRESETS["small"]["crop_scale"] == moco.LOCAL_CROP_SCALE
+    with pytest.raises(RuntimeError, match=r"other settings \{'crop_scale': \(\[0.08, 0.4\], \[0.2, 1.0\]\)\}"):
+        moco.train_spatial(videos, tmp_path / "local", "smoke", **kw)  # the preset's (MoCo's) crops
+    ck = moco.train_spatial(videos, tmp_path / "old", "smoke", **kw)
+    old = load_checkpoint(ck)  # as written before crop_scale was recorded, with "momentum" for SGD's
+    del old["config"]["extra"]["crop_scale"]
+    old["config"]["momentum"] = old["config"].pop("sgd_momentum")
+    torch.save(old, ck)
+    assert moco.train_spatial(videos, tmp_path / "old", "smoke", **kw) == ck  # resumes (finished)
+    with pytest.raises(RuntimeError, match=r"\{'crop_scale': \(\[0.2, 1.0\], \[0.08, 0.4\]\)\}"):
+        moco.train_spatial(videos, tmp_path / "old", "smoke", crop_scale=moco.LOCAL_CROP_SCALE, **kw)
+    with pytest.raises(RuntimeError, match=r"\{'sgd_momentum': \(0.9, 0.5\)\}"):
+        moco.train_spatial(videos, tmp_path / "old", "smoke", sgd_momentum=0.5, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +250,7 @@ def tiny_videos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_step1(tiny_videos, tmp_path_factory):
     """A one-step MoCo step 1 (the plain ResNet on Lab, as the recipe records it)."""
-    from stt.recipes import train_spatial
+    from stt.moco import train_spatial
 
     out = tmp_path_factory.mktemp("step1")
     return train_spatial(tiny_videos, out / "moco", "smoke", progress=False, steps=1, device="cpu")
@@ -266,7 +279,7 @@ def test_ddp_every_recipe_trains_under_torchrun(recipe, flags, tiny_videos, tiny
 def test_same_seed_same_initial_weights_and_losses(tiny_videos, tmp_path):
     """--seed fixes the initial weights: the same command twice gives the same losses, whatever
     the global generator's state before it; another seed gives other weights."""
-    from stt.recipes import train_temporal
+    from stt.temporal import train_temporal
 
     runs = {}
     for name, seed, noise in (("a", 0, 1), ("b", 0, 2), ("c", 1, 1)):
@@ -282,7 +295,7 @@ def test_same_seed_same_initial_weights_and_losses(tiny_videos, tmp_path):
 
 def test_full_moco_shuffles_bn_in_one_process(tiny_videos, tmp_path, monkeypatch):
     """`full` trains MoCo with shuffle BN in one process (8 groups) and per process under DDP."""
-    from stt.recipes import train_spatial
+    from stt.moco import train_spatial
 
     monkeypatch.setenv("STT_CACHE", str(tmp_path / "cache"))
     ck = train_spatial(tiny_videos, tmp_path / "moco", "full", progress=False, steps=1, batch_size=16, image_size=64,
@@ -291,12 +304,13 @@ def test_full_moco_shuffles_bn_in_one_process(tiny_videos, tmp_path, monkeypatch
 
 
 def test_resnet50_step2_takes_the_papers_r50_learning_rate(tiny_videos, tmp_path, monkeypatch):
-    from stt.recipes import TEMPORAL_COMMON, train_temporal
+    from stt.temporal import TRAIN
+    from stt.temporal import train_temporal
 
     monkeypatch.setenv("STT_CACHE", str(tmp_path / "cache"))
     kw = dict(progress=False, steps=1, gcd=False, device="cpu", image_size=64)
     ck = train_temporal(tiny_videos, tmp_path / "r50", "smoke", arch="resnet50", **kw)
-    assert load_checkpoint(ck)["config"]["lr"] == pytest.approx(0.5 * TEMPORAL_COMMON["lr"])  # 5e-5, SPEC section 3
+    assert load_checkpoint(ck)["config"]["lr"] == pytest.approx(0.5 * TRAIN.lr)  # 5e-5, SPEC section 3
     ck = train_temporal(tiny_videos, tmp_path / "r50-lr", "smoke", arch="resnet50", lr=3e-4, **kw)
     assert load_checkpoint(ck)["config"]["lr"] == pytest.approx(3e-4)  # set by hand: kept
 
@@ -304,7 +318,7 @@ def test_resnet50_step2_takes_the_papers_r50_learning_rate(tiny_videos, tmp_path
 def test_step1_trains_on_photographs_when_there_are_some(tmp_path, monkeypatch, capsys):
     """Step 1's default data: $STT_DATA/ImageNet/train, else ImageNet_sample/train, else the
     videos' frames, saying which."""
-    from stt.recipes import default_image_data
+    from stt.recipe import default_image_data
 
     root = tmp_path / "data"
     (root / "videos").mkdir(parents=True)
@@ -319,7 +333,7 @@ def test_step1_trains_on_photographs_when_there_are_some(tmp_path, monkeypatch, 
 
 
 def test_step1_on_an_imagenet_folder_counts_each_photograph_as_an_instance(image_folder, tmp_path, monkeypatch):
-    from stt.recipes import train_spatial
+    from stt.moco import train_spatial
 
     monkeypatch.setenv("STT_CACHE", str(tmp_path / "cache"))
     ck = load_checkpoint(train_spatial(image_folder, tmp_path / "moco", "smoke", progress=False, steps=1,

@@ -52,7 +52,7 @@ def test_frame_cache_tells_same_named_videos_apart_and_sees_a_replaced_file(tmp_
 
 @pytest.fixture(scope="module")
 def corrflow_ckpt(tmp_path_factory):
-    from stt.models import CorrFlow
+    from stt.corrflow import CorrFlow
 
     torch.manual_seed(0)
     m = CorrFlow(torch.randn(16, 2) * 30, radius=2, total_steps=10)
@@ -84,16 +84,16 @@ def test_corrflow_protocol_is_recursive_hard_and_without_minmax(tiny_synthetic, 
     import torch.nn.functional as F
 
     from stt.datasets import DAVIS
-    from stt.encoder import build_feature_model
     from stt.evaluate import iter_features, predict_sequence
-    from stt.propagation import PropagationConfig, propagate_recursive
+    from stt.features import build_feature_model
+    from stt.propagation import CORRFLOW_PROTOCOL, PropagationConfig, propagate_recursive
 
     frames, gt = DAVIS(tiny_synthetic).load(DAVIS(tiny_synthetic).names[0])
     net, _ = build_feature_model(str(corrflow_ckpt))
     K = int(gt[0].max()) + 1
     # Whatever the common options say (min-max on, bilinear first labels), the own protocol is fixed.
     got = list(predict_sequence(net, 4, frames, gt[0], K - 1, None, PropagationConfig(first_label="bilinear"), "cpu",
-                                protocol="corrflow", radius=2))
+                                own={"radius": 2, **CORRFLOW_PROTOCOL}))
     feats = list(iter_features(net, frames, None, 4, "cpu"))
     small = F.interpolate(torch.from_numpy(gt[0])[None, None].float(), size=feats[0].shape[-2:], mode="nearest-exact")
     first = F.one_hot(small[0, 0].long(), K).permute(2, 0, 1).float()
@@ -411,7 +411,7 @@ def test_read_only_training_out_fails_before_any_video_is_decoded(recipe, tmp_pa
 
 def test_color_clusters_checks_its_out_before_kmeans_and_makes_missing_folders(tmp_path, deny_writes, monkeypatch,
                                                                                capsys):
-    from stt import recipes
+    from stt import corrflow
     from stt.cli import main
     from stt.synthetic import render_sequence
 
@@ -421,12 +421,12 @@ def test_color_clusters_checks_its_out_before_kmeans_and_makes_missing_folders(t
     (tmp_path / "ro").mkdir()
     deny_writes.append(tmp_path / "ro")
     with monkeypatch.context() as m:
-        m.setattr(recipes, "color_clusters", lambda *a, **kw: pytest.fail("k-means ran before the check"))
+        m.setattr(corrflow, "color_clusters", lambda *a, **kw: pytest.fail("k-means ran before the check"))
         code = main(["color-clusters", "--data", str(tmp_path / "v"), "--out", str(tmp_path / "ro" / "c.pt"), "--k", "4"])
     assert code == 2 and f"folder for --out {tmp_path / 'ro'} is not writable" in capsys.readouterr().err
     out = tmp_path / "new" / "sub" / "c.pt"
     assert main(["color-clusters", "--data", str(tmp_path / "v"), "--out", str(out), "--k", "4", "--frames", "4"]) == 0
-    assert torch.load(out).shape == (4, 2) and not out.with_name("c.pt.tmp").exists()
+    assert torch.load(out).shape == (4, 2) and not list(out.parent.glob("*.tmp"))
 
 
 # ---------------------------------------------------------------------------- row 10: --centroids
@@ -517,7 +517,7 @@ def test_stride_and_input_space_that_do_not_apply_are_errors(tiny_synthetic, tmp
 
 
 def test_released_stt_checkpoint_in_mmcv_layout_loads_its_student_on_lab(tmp_path, stt_ckpt):
-    from stt.encoder import build_feature_model
+    from stt.features import build_feature_model
 
     _, student = stt_ckpt
     torch.manual_seed(9)
@@ -562,9 +562,9 @@ def _official_corrflow_names(sd: dict) -> dict:
 
 
 def test_released_corrflow_checkpoint_loads_and_evaluates(tiny_synthetic, tmp_path):
-    from stt.encoder import build_feature_model
+    from stt.features import build_feature_model
     from stt.evaluate import evaluate_davis
-    from stt.models import CorrFlowEncoder
+    from stt.corrflow import CorrFlowEncoder
 
     torch.manual_seed(4)
     ours = CorrFlowEncoder().eval()
