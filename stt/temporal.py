@@ -42,7 +42,7 @@ class STT(nn.Module):
     the target's dropped channel is reconstructed from the reference through local affinities at
     /4 (R = 12) and /8 (R = 6)::
 
-        L = L_rec/4 + L_rec/8 + w_lcd L_lcd + w_gcd L_gcd
+        L = L_rec/4 + w_rec8 L_rec/8 + w_lcd L_lcd + w_gcd L_gcd
 
     Args:
         arch: ``resnet18`` / ``resnet50``; the student uses the ``train`` stride variant.
@@ -59,7 +59,7 @@ class STT(nn.Module):
         gcd: global correlation distillation [on]. lcd_keep: uncertainty threshold T [0.7; None
             keeps all pixels]. radius4, radius8: the windows' radii R at /4 and /8 [12, 6].
             teacher_temperature [0.07].
-        w_lcd, w_gcd: loss weights [1000, 50].
+        w_rec8, w_lcd, w_gcd: loss weights [1 (the paper's plain sum), 1000, 50].
         lcd_form: ``"official"`` (normalised by masked queries x HW, zero-padded uncertainty,
             SPEC section 3) or ``"windowed"`` (this project's earlier form: normalised by the
             window entries inside the map, uncertainty over them; for the ablation).
@@ -77,7 +77,7 @@ class STT(nn.Module):
     def __init__(self, arch: Literal["resnet18", "resnet50"] = "resnet18", init: dict | None = None,
                  teacher: dict | None = None, pyramid: bool = True, lcd: bool = True, gcd: bool = True,
                  lcd_keep: float | None = 0.7, radius4: int = 12, radius8: int = 6, teacher_temperature: float = 0.07,
-                 w_lcd: float = 1000.0, w_gcd: float = 50.0,
+                 w_rec8: float = 1.0, w_lcd: float = 1000.0, w_gcd: float = 50.0,
                  teacher_variant: Literal["checkpoint", "imagenet", "train"] = "checkpoint",
                  teacher_input: Literal["checkpoint", "lab", "rgb-imagenet", "rgb"] = "checkpoint",
                  lcd_form: Literal["official", "windowed"] = "official",
@@ -93,7 +93,7 @@ class STT(nn.Module):
         self.pyramid, self.lcd, self.gcd, self.lcd_keep = pyramid, lcd, gcd, lcd_keep
         self.lcd_form, self.lcd_threshold = lcd_form, lcd_threshold
         self.r4, self.r8 = radius4, radius8
-        self.tt, self.w_lcd, self.w_gcd = teacher_temperature, w_lcd, w_gcd
+        self.tt, self.w_rec8, self.w_lcd, self.w_gcd = teacher_temperature, w_rec8, w_lcd, w_gcd
         self.levels = ("layer2",) + (("layer3",) if pyramid or lcd else ()) + (("layer4",) if gcd else ())
         for name in LEVELS[LEVELS.index(self.levels[-1]) + 1:]:
             getattr(self.encoder, name).requires_grad_(False)
@@ -146,7 +146,7 @@ class STT(nn.Module):
             c8, a8 = self.affinities(t8, r8, self.r8)
         if self.pyramid:
             out["rec8"] = reconstruction_loss(a8, y_ref, y_tar, self.r8, S // r8.shape[-1])
-            loss = loss + out["rec8"]
+            loss = loss + self.w_rec8 * out["rec8"]
         if self.lcd:
             official = self.lcd_form == "official"
             target = pool_fine_affinity(a4.detach(), self.r4, self.r8)

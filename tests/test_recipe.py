@@ -104,3 +104,20 @@ def test_lcd_keep_none_reaches_the_trained_model(tmp_path, monkeypatch):
                         image_size=32, num_workers=0, device="cpu")
     saved = torch.load(ck, weights_only=True)
     assert saved["config"]["extra"]["lcd_keep"] is None and saved["meta"]["flags"]["lcd_keep"] is None
+
+
+def test_a_new_switch_reaches_settings_flag_checkpoint_and_loss():
+    """``w_rec8`` (weight of the /8 reconstruction) was added as one constructor keyword: it is a
+    setting and a typed flag and weighs the loss (checkpoints that predate it resume at its
+    default, by the mechanism test_train's resume test checks)."""
+    from stt.temporal import STT
+
+    method = METHODS["temporal"]
+    assert method.settings("small", w_rec8=0.5).model.w_rec8 == 0.5 and method.defaults().model.w_rec8 == 1.0
+    a = build_parser().parse_args(["train", "temporal", "--out", "x", "--w-rec8", "0.5"])
+    assert setting_overrides(a, method) == {"w_rec8": 0.5}
+    g = torch.Generator().manual_seed(0)
+    batch = torch.rand(2, 2, 3, 32, 32, generator=g)
+    out = {w: STT(gcd=False, lcd=False, w_rec8=w)(batch, torch.Generator().manual_seed(1)) for w in (1.0, 0.0)}
+    assert torch.allclose(out[1.0]["loss"], out[1.0]["rec4"] + out[1.0]["rec8"])
+    assert torch.allclose(out[0.0]["loss"], out[0.0]["rec4"])
