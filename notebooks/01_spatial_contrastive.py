@@ -42,7 +42,6 @@
 # ## Setup
 
 # %%
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -53,14 +52,13 @@ from IPython.display import Markdown, display
 
 from stt.checkpoint import load_checkpoint
 from stt.datasets import DAVIS, cache_dir, data_path, resize_short_side, to_tensor
-from stt.evaluate import davis_or_synthetic, evaluate_davis, per_sequence_jf
+from stt.evaluate import davis_or_synthetic
+from stt import report
 from stt.features import build_feature_model
 from stt.losses import info_nce
-from stt.metrics import bootstrap_ci, paired_difference
 from stt.moco import METHOD, moco_queue_size, train_spatial
 from stt.propagation import normalize_features
 from stt.recipe import default_image_data
-from stt.runner import study_results, study_table
 from stt.video import StillImages
 from stt.views import TwoViews
 from stt.viz import save_figure
@@ -198,17 +196,8 @@ for label, K in [("the earlier small preset", 4096), ("sized from the data", K_a
           f"{K / n_img:.2f} stale keys of its own image and {own}")
 
 # %% [markdown]
-# Measured: five short runs (300 steps each, the `small` preset of the time otherwise) scored by
-# label propagation on the first 8 development sequences of DAVIS, made by
-# `python studies/run.py queue` (`-x`: keys of the query's own video left out):
-
-# %%
-display(Markdown(study_table("queue")))
-
-# %% [markdown]
-# Those 8 sequences turned out to be the easier half of the 15 (the later studies score all 15):
-# with the queue fixed, step 1 on video frames still scored no better than raw Lab pixels on all
-# of them. The next section finds the main reason.
+# What the queue's size did to label propagation was measured by short runs scored on DAVIS
+# development sequences (`python studies/run.py queue`; notebook 06, section 7, shows the table).
 #
 # ## 5 · The scale of a crop
 #
@@ -238,12 +227,9 @@ display(Markdown("\n".join(rows)))
 # video frames this was worth several points (`studies/results/step1.md`), and the `small`
 # preset takes `crop_scale = (0.08, 0.4)` (*ours*: a departure from MoCo v2's 0.2-1.0, which
 # the `full` preset keeps for the whole of ImageNet, where the network learns many scales from
-# many images). On the photographs, `python studies/run.py photos` compares at equal compute:
-# MoCo's crops, the local crops, larger views (128 px, fewer steps), and the local crops on the
-# videos' frames instead of photographs, each 600-step run scored on all 15 sequences:
-
-# %%
-display(Markdown(study_table("photos")))
+# many images). On the photographs, `python studies/run.py photos` compares at equal compute
+# MoCo's crops, the local crops, larger views, a ResNet-50 and the local crops on the videos'
+# frames instead of photographs (notebook 06, section 7).
 
 # %% [markdown]
 # ## 6 · Training
@@ -259,15 +245,8 @@ display(Markdown(study_table("photos")))
 # torchrun --nproc_per_node=8 -m stt.cli train spatial --config full --data $STT_DATA/ImageNet/train --out runs/full/spatial
 # ```
 #
-# The `small` preset's learning rate and temperature were tested the same way, by short runs
-# scored on the first 8 development sequences (`python studies/run.py spatial`, with MoCo's
-# crops). Neither the paper-scale learning rate (0.03 instead of 0.03 x 64/256) nor a sharper
-# temperature (0.1 instead of 0.2) moved J&F by more than the sequence-to-sequence noise (the
-# paired intervals below straddle 0), so the preset keeps MoCo v2's linear scaling rule and
-# temperature.
-
-# %%
-display(Markdown(study_table("spatial")))
+# The preset keeps MoCo v2's learning-rate scaling rule and temperature: the alternatives tried
+# (`python studies/run.py spatial`, notebook 06, section 7) did not move J&F beyond the noise.
 
 # %%
 out = run_dir / "spatial"
@@ -365,56 +344,20 @@ plt.show()
 # encoder against the same architecture at random initialisation and against raw Lab pixels (the
 # colour-matching baseline a learned feature has to beat). Both baselines are shared with
 # notebook 04: whichever notebook runs first computes them, the other resumes from its files.
-# The intervals are 95 % bootstrap intervals over sequences; "step 1 minus this" is the mean
+# The intervals are 95 % bootstrap intervals over sequences; "... minus this" is the mean
 # per-sequence difference, paired by sequence, so the spread between easy and hard sequences
 # cancels (`stt.metrics.paired_difference`): an interval above 0 means step 1 is clearly better.
 
 # %%
 names = ds.names[:eval_max_sequences] if eval_max_sequences else ds.names
-runs = {"random-r18": ("random-r18", "random-r18"), "Lab pixels": ("lab", "lab"),
-        "STT step 1 (MoCo v2, ours)": (str(ckpt_path), "step1")}
-results, per_seq = {}, {}
-for label, (model, folder) in runs.items():
-    folder = run_dir / "eval" / "davis" / folder
-    results[label] = evaluate_davis(davis_root, model, folder, short_side=eval_short_side, sequences=names, device=device)
-    per_seq[label] = per_sequence_jf(folder)
-data_desc = (f"{'synthetic stand-in' if synthetic else f'DAVIS-{ds.year} {ds.split}'}, {len(names)} sequences, "
-             f"short side {eval_short_side}")
 ours = "STT step 1 (MoCo v2, ours)"
-lines = ["| model | J&F | 95 % CI | step 1 minus this [95 % CI] | J | F | training | data |",
-         "|---|---|---|---|---|---|---|---|"]
-for label, r in results.items():
-    lo, hi = bootstrap_ci([100 * v for v in per_seq[label].values()])
-    diff = "" if label == ours else "{:+.1f} [{:+.1f}, {:+.1f}]".format(*paired_difference(per_seq[ours], per_seq[label])[:3])
-    train_desc = (f"{ckpt['step']} steps x {settings['batch_size']} on {len(images)} images" if label == ours
-                  else "none")
-    lines.append(f"| {label} | {100 * r['J&F-Mean']:.1f} | [{lo:.1f}, {hi:.1f}] | {diff} | {100 * r['J-Mean']:.1f} "
-                 f"| {100 * r['F-Mean']:.1f} | {train_desc} | {data_desc} |")
-table = "\n".join(lines)
-(run_dir / "results").mkdir(parents=True, exist_ok=True)
-(run_dir / "results" / "01_spatial.md").write_text(table + "\n")
-(run_dir / "results" / "01_spatial.json").write_text(json.dumps(
-    {k: v for k, v in results.items()} | {"checkpoint": str(ckpt_path), "steps": ckpt["step"]}, indent=2))
+runs = {"random-r18": ("random-r18", "random-r18"), "Lab pixels": ("lab", "lab"), ours: (str(ckpt_path), "step1")}
+results, per_seq = report.evaluate_models(davis_root, runs, run_dir, names, eval_short_side, device)
+training = {ours: f"{ckpt['step']} steps x {settings['batch_size']} on {len(images)} images",
+            "random-r18": "none", "Lab pixels": "none"}
+table = report.jf_table(results, per_seq, ours, training, report.data_description(synthetic, ds, names, eval_short_side))
+report.write_results(run_dir, "01_spatial", table, {**results, "checkpoint": str(ckpt_path), "steps": ckpt["step"]})
 display(Markdown(table))
-
-# %% [markdown]
-# **Photographs or frames, and this run's twin.** The photographs study (section 5) trained this
-# preset's recipe once more (`local-crops`, the same seed: it should come close to this run, not
-# equal it, as bf16 and multi-threaded CPU kernels do not add up bit-exactly over 600 steps) and
-# its alternatives, among them the same recipe on the frames of the training videos (the data
-# this step used before). Each, paired by sequence, minus this notebook's run:
-
-# %%
-study = study_results("photos")
-if not synthetic and eval_short_side == 240 and study:  # the study's protocol
-    for name, r in study.items():
-        if r["recipe"] == "spatial":
-            d, lo, hi, n = paired_difference(r["jf"], per_seq[ours])
-            print(f"study {name!r} ({', '.join(f'{k}={v}' for k, v in r['settings'].items())}): "
-                  f"{100 * np.mean(list(r['jf'].values())):.1f} J&F; minus this run: {d:+.1f} [{lo:+.1f}, {hi:+.1f}] "
-                  f"over {n} sequences")
-else:
-    print("not comparable: the study scored real DAVIS at short side 240 (`python studies/run.py photos`)")
 
 # %% [markdown]
 # ## Summary

@@ -39,7 +39,6 @@
 # ## Setup
 
 # %%
-import json
 import math
 from pathlib import Path
 
@@ -48,12 +47,13 @@ import numpy as np
 import torch
 from IPython.display import Markdown, display
 
+from stt import report
 from stt.affinity import dense_local_correlation_reference, local_correlation
 from stt.checkpoint import load_checkpoint
 from stt.color import denormalize_lab, lab_to_rgb, rgb_to_normalized_lab
 from stt.datasets import DAVIS, cache_dir, data_path
 from stt.encoder import trunk_encoder
-from stt.evaluate import davis_or_synthetic, evaluate_davis, per_sequence_jf
+from stt.evaluate import davis_or_synthetic
 from stt.losses import (
     global_correlation_distillation,
     lab_channel_dropout,
@@ -63,10 +63,8 @@ from stt.losses import (
     uncertainty,
     uncertainty_mask,
 )
-from stt.metrics import bootstrap_ci, paired_difference
 from stt.moco import train_spatial
 from stt.recipe import default_video_data
-from stt.runner import study_results, study_table
 from stt.temporal import METHOD, STT, train_temporal, trunk_from_checkpoint
 from stt.video import VideoFrames
 from stt.views import FrameClips
@@ -343,19 +341,14 @@ for S in sorted({settings["image_size"], 256}):
 #     --init step1.pth --teacher step1.pth --out runs/full/temporal-full
 # ```
 #
-# The `small` preset's learning rate and length come from short runs of full STT scored on all
-# 15 development sequences (`python studies/run.py temporal`, made before step 1 had
-# photographs and before the teacher and LCD followed the official code): four times the
-# paper's learning rate (4e-4 instead of 1e-4) and 900 steps instead of 300 each helped, by
-# intervals clear of 0; a frame gap of 2 and leaving out static clips did not. The frame gap
-# stays the paper's (1 stored frame at 6 fps, about 5 raw frames). Extra rows (`ablations`):
+# The `small` preset's learning rate and length come from short runs of full STT scored on DAVIS
+# development sequences (`python studies/run.py temporal`; notebook 06, section 7, shows the
+# table); the frame gap stays the paper's (1 stored frame at 6 fps, about 5 raw frames). Extra
+# rows (`ablations`):
 # `no_pyramid`, `no_lcd`, `no_gcd` (step 1 as initialisation only), `T0.3`, `T0.5`, `Tnone`,
 # and the earlier choices this notebook replaced: `teacher_student_config` (the teacher in the
 # student's configuration), `lcd_windowed` (the earlier LCD normaliser and uncertainty),
 # `lcd_per_column` (the release's threshold).
-
-# %%
-display(Markdown(study_table("temporal")))
 
 # %%
 runs = {  # label: (output folder, settings)
@@ -454,29 +447,14 @@ ds = DAVIS(davis_root)
 names = ds.names[:eval_max_sequences] if eval_max_sequences else ds.names
 models = {"random-r18": ("random-r18", "random-r18"), "STT step 1 (MoCo v2)": (str(step1), "step1")}
 models.update({f"STT step 2: {k}": (str(v), runs[k][0]) for k, v in checkpoints.items()})
-results, per_seq = {}, {}
-for label, (model, folder) in models.items():
-    results[label] = evaluate_davis(davis_root, model, run_dir / "eval" / "davis" / folder, short_side=eval_short_side,
-                                    sequences=names, device=device)
-    per_seq[label] = per_sequence_jf(run_dir / "eval" / "davis" / folder)
-data_desc = (f"{'synthetic stand-in' if synthetic else f'DAVIS-{ds.year} {ds.split}'}, {len(names)} sequences, "
-             f"short side {eval_short_side}")
+results, per_seq = report.evaluate_models(davis_root, models, run_dir, names, eval_short_side, device)
 budget = f"{load_checkpoint(checkpoints['full STT'])['step']} steps x {settings['batch_size']} pairs"
+training = {label: {"random-r18": "none", "STT step 1 (MoCo v2)": "step 1 only"}.get(label, budget) for label in results}
 full = "STT step 2: full STT"
-lines = ["| model | J&F | 95 % CI | full STT minus this [95 % CI] | J | F | training | data |",
-         "|---|---|---|---|---|---|---|---|"]
-for label, r in results.items():
-    train_desc = {"random-r18": "none", "STT step 1 (MoCo v2)": "step 1 only"}.get(label, budget)
-    lo, hi = bootstrap_ci([100 * v for v in per_seq[label].values()])
-    diff = "" if label == full else "{:+.1f} [{:+.1f}, {:+.1f}]".format(*paired_difference(per_seq[full], per_seq[label])[:3])
-    lines.append(f"| {label} | {100 * r['J&F-Mean']:.1f} | [{lo:.1f}, {hi:.1f}] | {diff} | {100 * r['J-Mean']:.1f} "
-                 f"| {100 * r['F-Mean']:.1f} | {train_desc} | {data_desc} |")
-lines += ["| STT R18 stride 8 (paper) | 70.7 | | | | | YouTube-VOS, 800 epochs | DAVIS-2017 val, 480p |",
-          "| STT R18 stride 8, temporal only (paper) | 69.2 | | | | | YouTube-VOS, 800 epochs | DAVIS-2017 val, 480p |"]
-table = "\n".join(lines)
-(run_dir / "results").mkdir(parents=True, exist_ok=True)
-(run_dir / "results" / "02_temporal.md").write_text(table + "\n")
-(run_dir / "results" / "02_temporal.json").write_text(json.dumps(results, indent=2))
+table = report.jf_table(results, per_seq, full, training, report.data_description(synthetic, ds, names, eval_short_side),
+                        paper=[("STT R18 stride 8", 70.7, "YouTube-VOS, 800 epochs", "DAVIS-2017 val, 480p"),
+                               ("STT R18 stride 8, temporal only", 69.2, "YouTube-VOS, 800 epochs", "DAVIS-2017 val, 480p")])
+report.write_results(run_dir, "02_temporal", table, results)
 display(Markdown(table))
 
 # %% [markdown]
@@ -485,33 +463,14 @@ display(Markdown(table))
 
 # %%
 for other in ("STT step 2: temporal-only", "STT step 1 (MoCo v2)", "random-r18"):
-    d, lo, hi, n = paired_difference(per_seq[full], per_seq[other])
-    word = ("is measured on too few sequences to compare with" if n < 5 else
-            "clearly beats" if lo > 0 else "is clearly below" if hi < 0 else "is within the noise of")
-    print(f"full STT {word} {other}: {d:+.1f} J&F [{lo:+.1f}, {hi:+.1f}] over {n} sequences")
+    print(report.claim(f"full STT beats {other}", per_seq[full], per_seq[other]))
 
 # %% [markdown]
-# **Reading the first line.** The paper's margin of full STT over temporal-only (70.7 vs 69.2) is
-# 1.5 J&F after 800 epochs; at this scale the interval over 15 sequences is several points wide,
-# and two runs of one recipe differ by a point or two, so one run of each cannot settle it.
-# `python studies/run.py stt` trains the same recipes with another seed and one variant of full
-# STT per change this notebook teaches (sections 3 and 4), each undone: notebook 06, section 6,
-# pools the runs and tabulates them. What each change did, from that study (same step 1, same
-# seed; "full STT minus this" above 0 means the change helps):
-
-# %%
-stt_study = study_results("stt")
-undone = {"undo-teacher": "the teacher in the student's configuration (section 3)",
-          "undo-lcd": "the earlier LCD normaliser and uncertainty (section 4)",
-          "undo-photos": "step 1 on the videos' frames instead of photographs (notebook 01)",
-          "init-only": "no GCD: step 1 as the initialisation only"}
-if "full" in stt_study and any(v in stt_study for v in undone):
-    for v, what in undone.items():
-        if v in stt_study:
-            d, lo, hi, n = paired_difference(stt_study["full"]["jf"], stt_study[v]["jf"])
-            print(f"full STT minus {what}: {d:+.1f} J&F [{lo:+.1f}, {hi:+.1f}] over {n} sequences")
-else:
-    print("run `python studies/run.py stt` for these comparisons")
+# One run of each recipe cannot settle the first line: the paper's margin is small even after
+# 800 epochs, and two runs of one recipe differ (notebook 06, section 6, measures by how much).
+# `python studies/run.py stt` trains the recipes with another seed and one variant of full STT
+# per change this notebook teaches (sections 3 and 4), each undone; notebook 06 pools the runs
+# and tabulates what each change contributed.
 
 # %% [markdown]
 # ## Summary

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stt import report
 from stt.checkpoint import load_checkpoint
 from stt.color import lab_to_rgb, quantize_ab, rgb_to_lab
 from stt.corrflow import METHOD, CorrFlowEncoder, train_corrflow
@@ -258,8 +259,7 @@ for label, protocol in [("CorrFlow (ours), own protocol", "corrflow"), ("CorrFlo
     folder = run_dir / "eval" / "davis" / f"corrflow-{protocol}"
     results[label] = evaluate_davis(davis_root, str(ckpt_main), folder, short_side=eval_short_side, sequences=names,
                                     protocol=protocol, device=device)
-data_desc = (f"{'synthetic stand-in' if synthetic else f'DAVIS-{ds.year} {ds.split}'}, {len(names)} sequences, "
-             f"short side {eval_short_side}")
+data_desc = report.data_description(synthetic, ds, names, eval_short_side)
 lines = ["| model | J&F | J | F | training | data |", "|---|---|---|---|---|---|"]
 for label, r in results.items():
     lines.append(f"| {label} | {100 * r['J&F-Mean']:.1f} | {100 * r['J-Mean']:.1f} | {100 * r['F-Mean']:.1f} "
@@ -271,9 +271,7 @@ if earlier.is_file():  # STT rows of notebook 02, same protocol and data
 lines += ["| CorrFlow R18, Kinetics (paper) | 49.5 | 47.7 | 51.3 | Kinetics | DAVIS-2017 val, 480p |",
           "| STT R18 stride 8 (paper) | 70.7 | | | YouTube-VOS | DAVIS-2017 val, 480p |"]
 table = "\n".join(lines)
-(run_dir / "results").mkdir(parents=True, exist_ok=True)
-(run_dir / "results" / "03_corrflow.md").write_text(table + "\n")
-(run_dir / "results" / "03_corrflow.json").write_text(json.dumps({**results, "ablations_jf": ablation_jf}, indent=2))
+report.write_results(run_dir, "03_corrflow", table, {**results, "ablations_jf": ablation_jf})
 print(table)
 
 # %% [markdown]

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from stt import report
 from stt.affinity import dense_topk_reference, windowed_topk
 from stt.datasets import DAVIS, resize_short_side, to_tensor
 from stt.evaluate import davis_or_synthetic, evaluate_davis
@@ -299,8 +300,7 @@ paper_rows = [
     ("CRW R18 (paper)", 67.6), ("MAST R18 (paper)", 65.5), ("CorrFlow R18 (paper)", 49.5),
     ("Identity (paper)", 22.9),
 ]
-data_desc = (f"{'synthetic stand-in' if synthetic else f'DAVIS-{ds.year} {ds.split}'}, {len(names)} sequences, "
-             f"short side {short_side}")
+data_desc = report.data_description(synthetic, ds, names, short_side)
 lines = ["| model | J&F | J | F | J-recall | F-recall | data |", "|---|---|---|---|---|---|---|"]
 for m, res in results.items():
     lines.append(f"| {m} (measured) | {100 * res['J&F-Mean']:.1f} | {100 * res['J-Mean']:.1f} | {100 * res['F-Mean']:.1f} "
@@ -308,8 +308,7 @@ for m, res in results.items():
 for name, jf in paper_rows:
     lines.append(f"| {name} | {jf:.1f} | | | | | DAVIS-2017 val, 480p |")
 table = "\n".join(lines)
-(run_dir / "results").mkdir(parents=True, exist_ok=True)
-(run_dir / "results" / "04_davis_baselines.md").write_text(table + "\n")
+report.write_results(run_dir, "04_davis_baselines", table)
 print(table)
 
 # %%

@@ -41,13 +41,13 @@
 # ## Setup
 
 # %%
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from stt import report
 from stt.datasets import JHMDB, JHMDB_BONES, JHMDB_JOINTS, cache_dir, data_path
 from stt.evaluate import evaluate_jhmdb, evaluate_vip
 from stt.propagation import heatmaps_to_joints, joints_to_heatmaps
@@ -212,9 +212,7 @@ lines += ["| STT R18 stride 8 (paper) | 63.5 | 83.1 | JHMDB split 1 test |",
           "| CRW R18 (paper) | 59.3 | 84.9 | JHMDB split 1 test |",
           "| CorrFlow R18 (paper) | 58.5 | | JHMDB split 1 test |"]
 table = "\n".join(lines)
-(run_dir / "results").mkdir(parents=True, exist_ok=True)
-(run_dir / "results" / "05_jhmdb.md").write_text(table + "\n")
-(run_dir / "results" / "05_jhmdb.json").write_text(json.dumps({"synthetic": jhmdb_synthetic, **results}, indent=2))
+report.write_results(run_dir, "05_jhmdb", table, {"synthetic": jhmdb_synthetic, **results})
 print(table)
 
 # %% [markdown]
@@ -243,7 +241,7 @@ for label, model in model_list.items():
     vip_results[label] = evaluate_vip(vip_data, model, out, size=vip_size, device=device)
     print(f"{label:>20}: mIoU {100 * vip_results[label]['mIoU']:.1f} on "
           f"{'the synthetic stand-in (pipeline check only)' if vip_synthetic else vip_data}")
-(run_dir / "results" / "05_vip.json").write_text(json.dumps({"synthetic": vip_synthetic, **vip_results}, indent=2))
+report.write_results(run_dir, "05_vip", None, {"synthetic": vip_synthetic, **vip_results})
 
 # %% [markdown]
 # ## Summary

@@ -39,11 +39,11 @@ import numpy as np
 from IPython.display import Markdown, display
 from PIL import Image
 
+from stt import report
 from stt.datasets import DAVIS
 from stt.evaluate import davis_or_synthetic, per_sequence_jf
 from stt.explorer import CorrespondenceExplorer
 from stt.metrics import bootstrap_ci, paired_difference, pooled
-from stt.runner import study_results
 from stt.viz import overlay, save_figure
 
 # %% tags=["parameters"]
@@ -120,8 +120,7 @@ for key, (_, r) in same.items():
 for name, (jf, p1, p2) in PAPER.items():
     lines.append(f"| {name} (paper) | {jf} | | | | {p1 or ''} | {p2 or ''} | DAVIS-2017 val 480p; JHMDB split 1 |")
 table = "\n".join(lines)
-(run_dir / "results").mkdir(parents=True, exist_ok=True)
-(run_dir / "results" / "06_summary.md").write_text(table + "\n")
+report.write_results(run_dir, "06_summary", table)
 print(table)
 
 # %%
@@ -207,8 +206,6 @@ explorer = CorrespondenceExplorer(davis_root, {LABELS[k]: spec[k] for k in pair}
                                   {LABELS[k]: run_dir / "eval" / "davis" / k / "predictions" for k in pair},
                                   short_side=ref["short_side"] or 480)
 if interactive:
-    from IPython.display import display
-
     display(explorer.widget())
 else:
     name0 = names_q[0]
@@ -254,19 +251,10 @@ claims = [
     ("full STT beats raw Lab pixels", "temporal-full", "lab"),
     ("every learned model beats copying frame 0", "temporal-only", "identity"),
 ]
-verdicts = []
-for text, a, b in claims:
-    if jf_of(a) is None or jf_of(b) is None:
-        verdicts.append(f"- {text}: not measured in this run")
-        continue
-    d, lo, hi, n = paired_difference(per_seq[a], per_seq[b])
-    verdict = "yes" if jf_of(a) > jf_of(b) else "no"
-    clear = ("too few sequences to tell" if n < 5 else
-             "clear" if lo > 0 or hi < 0 else "within the sequence-to-sequence noise")
-    verdicts.append(f"- {text}: {verdict} ({jf_of(a):.1f} vs {jf_of(b):.1f} J&F; difference {d:+.1f}, "
-                    f"95 % CI [{lo:+.1f}, {hi:+.1f}] over {n} sequences: {clear})")
+verdicts = [f"- {text}: not measured in this run" if jf_of(a) is None or jf_of(b) is None
+            else "- " + report.claim(text, per_seq[a], per_seq[b]) for text, a, b in claims]
 print("\n".join(verdicts))
-(run_dir / "results" / "06_claims.md").write_text("\n".join(verdicts) + "\n")
+report.write_results(run_dir, "06_claims", "\n".join(verdicts))
 
 # %% [markdown]
 # ## 6 · Spatial-then-temporal over several runs, and what each part adds
@@ -287,7 +275,7 @@ print("\n".join(verdicts))
 # minus this" above 0 means that part helps.
 
 # %%
-stt_study = study_results("stt")
+stt_study = report.study_results("stt")
 REPEATS = {"temporal-full": ("full", "full-seed1"), "temporal-only": ("temporal-only", "temporal-only-seed1")}
 comparable = bool(stt_study) and not ref["dataset"]["synthetic"] and ref["short_side"] == 240 and all(
     set(r["jf"]) == set(ref["dataset"]["sequences"]) for r in stt_study.values())
@@ -307,12 +295,7 @@ if comparable and all(k in per_seq for k in REPEATS):
         if v in stt_study:
             d, lo, hi, n = paired_difference(per_seq[k], stt_study[v]["jf"])
             print(f"this run's {k} minus the study's seed-0 run of the same recipe ({v}): {d:+.2f} J&F [{lo:+.2f}, {hi:+.2f}]")
-    for text, other, margin in pooled_claims:
-        d, lo, hi, n = paired_difference(pool["temporal-full"], other)
-        a, b = 100 * np.mean(list(pool["temporal-full"].values())), 100 * np.mean([other[k] for k in pool["temporal-full"]])
-        clear = "clear" if lo > margin or hi < margin else "within the sequence-to-sequence noise"
-        lines.append(f"- {text}: {'yes' if d > margin else 'no'} ({a:.1f} vs {b:.1f} J&F; difference {d:+.1f}, "
-                     f"95 % CI [{lo:+.1f}, {hi:+.1f}] over {n} sequences: {clear}{f' of +{margin:g}' if margin else ''})")
+    lines += ["- " + report.claim(text, pool["temporal-full"], other, margin) for text, other, margin in pooled_claims]
     VARIANTS = {
         "full": "full STT: step 1 on photographs, teacher as trained, official LCD",
         "undo-photos": "step 1 on the videos' frames instead of photographs",
@@ -322,22 +305,43 @@ if comparable and all(k in per_seq for k in REPEATS):
         "temporal-only": "no step 1 at all: temporal-only",
         "r50-teacher": "a ResNet-50 step 1 (photographs) as the teacher of the R18 student",
     }
-    rows_ = ["| study variant | what differs from full STT | J&F | 95 % CI | full STT minus this [95 % CI] |",
-             "|---|---|---|---|---|"]
-    for v, what in VARIANTS.items():
-        if v not in stt_study:
-            continue
-        x = [100 * j for j in stt_study[v]["jf"].values()]
-        lo, hi = bootstrap_ci(x)
-        diff = ("" if v == "full" else
-                "{:+.1f} [{:+.1f}, {:+.1f}]".format(*paired_difference(stt_study["full"]["jf"], stt_study[v]["jf"])[:3]))
-        rows_.append(f"| {v} | {what} | {np.mean(x):.1f} | [{lo:.1f}, {hi:.1f}] | {diff} |")
-    lines += ["", "\n".join(rows_)]
+    lines += ["", report.study_rows(stt_study, "full", VARIANTS)]
     text = "\n".join(lines)
-    (run_dir / "results" / "06_stt.md").write_text(text + "\n")
+    report.write_results(run_dir, "06_stt", text)
     display(Markdown(text))
 else:
     print("no comparable STT study: `python studies/run.py stt` scores every sequence of real DAVIS at short side 240")
+
+# %% [markdown]
+# ## 7 · The studies behind the presets
+#
+# Each preset of notebooks 01 and 02 was chosen from short training runs scored on the DAVIS
+# development sequences, made by `python studies/run.py <study>` and kept in
+# `studies/results/` (each table says its sequences and settings). `queue`: the MoCo queue
+# against the size of the data; `spatial`: step 1's learning rate and temperature; `step1`:
+# step 1's length and crop scale on video frames; `photos`: step 1 on the photographs (crops,
+# view size, a ResNet-50, the videos' frames instead); `temporal`: step 2's learning rate,
+# length, frame gap and static clips (made before step 1 had photographs and before the teacher
+# and LCD followed the official code); `stt`: section 6's runs.
+
+# %%
+for name in ("queue", "spatial", "step1", "photos", "temporal", "stt"):
+    display(Markdown(f"**{name}**\n\n" + report.study_table(name)))
+
+# %% [markdown]
+# **This run's step 1 and the photographs study.** The study trained this run's step-1 recipe once
+# more (`local-crops`, the same seed) and its alternatives; each, paired by sequence, minus this
+# run's step 1:
+
+# %%
+photos = report.study_results("photos")
+if "step1" in per_seq and photos and all(set(r["jf"]) == set(per_seq["step1"]) for r in photos.values()):
+    for name, r in photos.items():
+        if r["recipe"] == "spatial":
+            settings_ = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
+            print(report.claim(f"study {name!r} ({settings_}) beats this run's step 1", r["jf"], per_seq["step1"]))
+else:
+    print("not comparable: the study scored every sequence of real DAVIS at short side 240 (`python studies/run.py photos`)")
 
 # %% [markdown]
 # ## Summary

@@ -69,6 +69,11 @@ def atomic_save_npz(path: str | Path, **arrays) -> None:
     _replace_with(Path(path), lambda tmp: np.savez(tmp, **arrays), ".tmp.npz")  # savez wants .npz
 
 
+def atomic_save_npy(path: str | Path, array) -> None:
+    """``np.save`` atomically (the decoded-frame cache, :class:`stt.video.VideoFrames`)."""
+    _replace_with(Path(path), lambda tmp: np.save(tmp, array), ".tmp.npy")  # save wants .npy
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """``torch.load(weights_only=True)`` on the CPU, with an error that names the file."""
     path = Path(path)

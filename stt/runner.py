@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from .checkpoint import write_text
+from .report import STUDY_RESULTS
 from .viz import shrink_png
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,25 +43,6 @@ NOTEBOOKS = REPO / "notebooks"
 SCALES = ("smoke", "small", "gpu", "full")
 PUBLISHED_FIGURES = ("06_all_models", "06_qualitative", "06_explorer_affinity", "02_reconstruction_uncertainty",
                      "03_drift", "05_skeletons", "04_protocol_options")
-
-
-STUDY_RESULTS = REPO / "studies" / "results"
-
-
-def study_table(name: str) -> str:
-    """The markdown table of ``studies/results/<name>.md`` (made by ``python studies/run.py
-    <name>``), or a line saying how to make it: the notebooks cite the evidence for their presets."""
-    path = STUDY_RESULTS / f"{name}.md"
-    if path.is_file():
-        return path.read_text()
-    return f"*{path.relative_to(REPO)} not found: run `python studies/run.py {name}` from the project's root.*"
-
-
-def study_results(name: str) -> dict:
-    """The per-variant results of ``studies/results/<name>.json`` (settings and per-sequence
-    J&F), or ``{}`` when the study has not been run."""
-    path = STUDY_RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def notebook_paths(only=None) -> list[Path]:

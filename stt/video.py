@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import ensure_writable
+from .checkpoint import atomic_save_npy, ensure_writable
 from .datasets import IMAGE_EXTENSIONS, read_image
 
 # ---------------------------------------------------------------------------- videos
@@ -197,9 +197,7 @@ class VideoFrames:
                     npy = npys[src]
                     if not npy.is_file():
                         frames, _ = read_video(src, fps, short_side)
-                        tmp = npy.with_name(f"{npy.stem}.{os.getpid()}.tmp.npy")  # two processes never share one
-                        np.save(tmp, frames)
-                        tmp.replace(npy)
+                        atomic_save_npy(npy, frames)  # whole or absent, whoever else decodes it meanwhile
                         for stale in _stale_caches(npy):  # earlier versions of the same file
                             stale.unlink(missing_ok=True)
                     source = np.load(npy, mmap_mode="r")

@@ -30,7 +30,7 @@ from stt.evaluate import evaluate_davis, per_sequence_jf  # noqa: E402
 from stt.metrics import bootstrap_ci, paired_difference  # noqa: E402
 from stt.moco import LOCAL_CROP_SCALE, MOCO_CROP_SCALE, train_spatial# noqa: E402
 from stt.temporal import train_temporal# noqa: E402
-from stt.runner import STUDY_RESULTS, study_results  # noqa: E402
+from stt.report import STUDY_RESULTS, study_results  # noqa: E402
 
 RUNS = REPO / "runs" / "studies"
 def step1_checkpoint(name: str) -> Path:
