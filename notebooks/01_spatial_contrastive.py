@@ -66,11 +66,10 @@ from stt.viz import save_figure
 torch.manual_seed(0)
 
 # %% tags=["parameters"]
-scale = "small"  # smoke | small | gpu | full
+scale = "small"  # smoke | small | gpu | full: also the training preset (stt.moco.PRESETS)
 run_dir = "../runs/small"  # artefacts, figures and results of this run
 data_root = ""  # DAVIS for evaluation; empty: $STT_DATA, else the synthetic stand-in
 image_root = ""  # step 1's still images (or videos), absolute or under $STT_DATA; empty: ImageNet(_sample)/train, else videos
-config = "small"  # training preset of stt.moco.PRESETS: smoke | small | gpu | full
 steps = 0  # override the preset's number of steps; 0: keep it
 eval_short_side = 240  # DAVIS evaluation resolution (short side)
 eval_max_sequences = 0  # evaluate the first N DAVIS sequences; 0: all
@@ -80,8 +79,8 @@ device = "auto"
 run_dir = Path(run_dir)
 fig_dir = run_dir / "figures"
 images_path = data_path(image_root) or default_image_data()
-settings = METHOD.settings(config, steps=steps or None)  # the method's defaults, the preset, this notebook's steps
-print(f"training data: {images_path}\npreset {config!r}: " + ", ".join(f"{k}={v}" for k, v in settings.flat().items()))
+settings = METHOD.settings(scale, steps=steps or None)  # the method's defaults, the preset, this notebook's steps
+print(f"training data: {images_path}\npreset {scale!r}: " + ", ".join(f"{k}={v}" for k, v in settings.flat().items()))
 
 # %% [markdown]
 # ## 1 · Why spatial discrimination matters for correspondence
@@ -251,7 +250,7 @@ display(Markdown("\n".join(rows)))
 # %%
 out = run_dir / "spatial"
 overrides = {"steps": settings["steps"]} if steps else {}
-ckpt_path = train_spatial(images_path, out, config, device=device, **overrides)
+ckpt_path = train_spatial(images_path, out, scale, device=device, **overrides)
 ckpt = load_checkpoint(ckpt_path)
 hist = ckpt["history"]
 rate = np.mean([h["samples_per_s"] for h in hist])

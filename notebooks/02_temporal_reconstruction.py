@@ -73,11 +73,10 @@ from stt.viz import save_figure
 torch.manual_seed(0)
 
 # %% tags=["parameters"]
-scale = "small"  # smoke | small | gpu | full
+scale = "small"  # smoke | small | gpu | full: also the training preset (stt.temporal.PRESETS)
 run_dir = "../runs/small"  # artefacts, figures and results of this run
 data_root = ""  # DAVIS for evaluation; empty: $STT_DATA, else the synthetic stand-in
 video_root = ""  # training videos or frame folders, absolute or under $STT_DATA; empty: $STT_DATA/videos
-config = "small"  # preset of stt.temporal.PRESETS (and stt.moco's if step 1 is trained here): smoke | small | gpu | full
 steps = 0  # override the preset's number of steps; 0: keep it
 ablations = ""  # extra ablations to train, comma-separated: no_pyramid, no_lcd, no_gcd, T0.3, T0.5, Tnone
 eval_short_side = 240  # DAVIS evaluation resolution (short side)
@@ -88,16 +87,16 @@ device = "auto"
 run_dir = Path(run_dir)
 fig_dir = run_dir / "figures"
 videos_path = data_path(video_root, default_video_data())
-settings = METHOD.settings(config, steps=steps or None)  # the method's defaults, the preset, this notebook's steps
+settings = METHOD.settings(scale, steps=steps or None)  # the method's defaults, the preset, this notebook's steps
 overrides = {"steps": steps} if steps else {}
 step1 = run_dir / "spatial" / "checkpoint.pth"
 ck1 = load_checkpoint(step1) if step1.is_file() else None
 if ck1 is None or ck1["step"] < ck1["config"]["steps"]:
     print(f"step-1 checkpoint {step1} missing or unfinished: training it here (as notebook 01 does)")
-    step1 = train_spatial(None, run_dir / "spatial", config, device=device)  # photographs when there are some
+    step1 = train_spatial(None, run_dir / "spatial", scale, device=device)  # photographs when there are some
 else:
     print(f"step 1: loading {step1} (step {ck1['step']})")
-print(f"training data: {videos_path}\npreset {config!r}: " + ", ".join(f"{k}={v}" for k, v in settings.flat().items()))
+print(f"training data: {videos_path}\npreset {scale!r}: " + ", ".join(f"{k}={v}" for k, v in settings.flat().items()))
 
 # %% [markdown]
 # ## 1 · The reconstruction pretext task
@@ -366,7 +365,7 @@ for name in [a.strip() for a in ablations.split(",") if a.strip()]:
 checkpoints = {}
 for label, (folder, kw) in runs.items():
     folder = run_dir / folder
-    checkpoints[label] = train_temporal(videos_path, folder, config, device=device, **overrides, **kw)
+    checkpoints[label] = train_temporal(videos_path, folder, scale, device=device, **overrides, **kw)
     ck = load_checkpoint(checkpoints[label])
     rate = np.mean([h["samples_per_s"] for h in ck["history"]])
     print(f"{label:>22}: {folder} step {ck['step']}, loss {ck['history'][-1]['loss']:.3f}, {rate:.1f} pairs/s")

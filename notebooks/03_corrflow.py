@@ -60,11 +60,10 @@ from stt.viz import save_figure
 torch.manual_seed(0)
 
 # %% tags=["parameters"]
-scale = "small"  # smoke | small | gpu | full
+scale = "small"  # smoke | small | gpu | full: also the training preset (stt.corrflow.PRESETS)
 run_dir = "../runs/small"  # artefacts, figures and results of this run
 data_root = ""  # DAVIS for evaluation; empty: $STT_DATA, else the synthetic stand-in
 video_root = ""  # training videos, absolute or under $STT_DATA; empty: $STT_DATA/videos
-config = "small"  # preset of stt.corrflow.PRESETS: smoke | small | gpu | full
 steps = 0  # override the preset's number of steps; 0: keep it
 ablation_steps = 150  # steps of each short with/without run (bottleneck; scheduled sampling + cycles)
 ablation_image_size = 64  # crop size of the short runs (smaller than the main run's, to keep them short)
@@ -78,8 +77,8 @@ device = "auto"
 run_dir = Path(run_dir)
 fig_dir = run_dir / "figures"
 videos_path = data_path(video_root, default_video_data())
-settings = METHOD.settings(config)  # the method's defaults, then the preset
-print(f"training data: {videos_path}\npreset {config!r}: " + ", ".join(f"{k}={v}" for k, v in settings.flat().items()))
+settings = METHOD.settings(scale)  # the method's defaults, then the preset
+print(f"training data: {videos_path}\npreset {scale!r}: " + ", ".join(f"{k}={v}" for k, v in settings.flat().items()))
 
 # %% [markdown]
 # ## 1 · The pointer, and reconstruction as classification
@@ -102,7 +101,7 @@ videos = VideoFrames(videos_path, cache_dir() / "frames" if settings["cache"] el
                      settings["short_side"], settings["max_videos"])
 out_main = run_dir / "corrflow"
 overrides = {"steps": steps} if steps else {}
-ckpt_main = train_corrflow(videos_path, out_main, config, device=device, **overrides)
+ckpt_main = train_corrflow(videos_path, out_main, scale, device=device, **overrides)
 ck = load_checkpoint(ckpt_main)
 centroids = ck["model"]["centroids"]
 rate = np.mean([h["samples_per_s"] for h in ck["history"]])
@@ -150,7 +149,7 @@ ablation_runs = {
 }
 short = {}
 for label, (folder, kw) in ablation_runs.items():
-    short[label] = train_corrflow(videos_path, run_dir / folder, config, centroids=centroids, device=device,
+    short[label] = train_corrflow(videos_path, run_dir / folder, scale, centroids=centroids, device=device,
                                   steps=ablation_steps, image_size=ablation_image_size, **kw)
 fig, ax = plt.subplots(figsize=(6, 3))
 for label in ("with bottleneck", "without bottleneck"):
