@@ -23,7 +23,7 @@ import argparse
 import inspect
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -156,7 +156,8 @@ class Method:
         clash = (groups[0] & groups[1]) | (groups[0] & groups[2]) | (groups[1] & groups[2])
         if clash:
             raise TypeError(f"method {self.name}: settings {sorted(clash)} are in two groups; a name must say one thing")
-        assert set(self.presets) == set(PRESETS), f"method {self.name}: presets must be {PRESETS}"
+        if set(self.presets) != set(PRESETS):
+            raise TypeError(f"method {self.name}: presets {sorted(self.presets)}; a method has the presets {PRESETS}")
 
     def hints(self) -> dict:
         """Field name -> annotation, over the three groups."""
@@ -315,9 +316,3 @@ def seed_model_init(train: TrainConfig) -> None:
     """Seed the global generator from the run's seed before a model is built, so that ``seed``
     fixes the initial weights too (not only the data order and augmentations)."""
     torch.manual_seed(train.seed)
-
-
-def field_default(cls: type, name: str):
-    """The default of field ``name`` of dataclass ``cls``."""
-    f = next(f for f in fields(cls) if f.name == name)
-    return f.default if f.default is not MISSING else f.default_factory()
