@@ -25,6 +25,7 @@ SyncBatchNorm), rank 0 alone logs and writes checkpoints.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -183,6 +184,9 @@ class Trainer:
         self.rank, self.world, local = distributed_env()
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            # torn down before the interpreter exits: a process group left to the C++ destructors
+            # at exit can abort a finished rank ("terminate called without an active exception")
+            atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
         self.device = resolve_device(cfg.device, local)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
