@@ -68,8 +68,7 @@ def cmd_train(a) -> int:
 
 
 def cmd_color_clusters(a) -> int:
-    from .checkpoint import ensure_writable
-    from .checkpoint import atomic_save
+    from .checkpoint import atomic_save, ensure_writable
     from .corrflow import color_clusters
     from .datasets import cache_dir, data_root
     from .video import VideoFrames
@@ -114,8 +113,7 @@ def cmd_download(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .methods import METHODS
-    from .methods import own_protocols
+    from .methods import METHODS, own_protocols
     from .recipe import PRESETS, add_setting_flags
 
     p = argparse.ArgumentParser(prog="stt", description=__doc__)

@@ -26,7 +26,7 @@ from .encoder import checkpoint_format, load_encoder_state, state_dict_of
 from .losses import corrflow_nll, reconstruct
 from .propagation import CORRFLOW_PROTOCOL
 from .recipe import Method, constructor_settings, default_video_data, device_augment, frame_cache, seed_model_init
-from .train import TrainConfig, Trainer
+from .train import TrainConfig
 from .video import VideoFrames
 from .views import ClipSettings, FrameClips
 
@@ -304,8 +304,7 @@ def train_corrflow(data=None, out="runs/corrflow", config: str = "small", centro
     seed_model_init(s.train)
     model = CorrFlow(centroids, total_steps=s.train.steps, **asdict(s.model))
     meta = {"recipe": "corrflow", "config": config, "data": str(data), "clips": len(clips)}
-    Trainer(model, clips, s.train_config(), out, meta=meta, progress=progress, defaults=METHOD.defaults().flat()).fit()
-    return ck
+    return s.fit(model, clips, out, meta, progress)
 
 
 def corrflow_features(ckpt: dict, source: str, input_space: str | None = None) -> tuple[nn.Module, dict]:

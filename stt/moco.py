@@ -21,7 +21,7 @@ from .device import dist_world, full_precision, gather_all
 from .encoder import ResNetEncoder
 from .losses import info_nce
 from .recipe import Method, constructor_settings, default_image_data, device_augment, seed_model_init
-from .train import TrainConfig, Trainer, distributed_env
+from .train import TrainConfig, distributed_env
 from .video import StillImages
 from .views import TwoViews
 
@@ -222,12 +222,10 @@ def train_spatial(data=None, out="runs/spatial", config: str = "small", progress
         s.train = replace(s.train, lr=0.03 * s.train.batch_size / 256)
     seed_model_init(s.train)
     model = MoCo(**asdict(s.model))
-    cfg = s.train_config()
     meta = {"recipe": "spatial", "config": config, "data": str(data), "images": len(images),
             "instances": images.n_instances}
-    views = TwoViews(images, v.image_size, on_device=device_augment(v.augment, cfg.device), scale=v.crop_scale)
-    Trainer(model, views, cfg, out, meta=meta, progress=progress, defaults=METHOD.defaults().flat()).fit()
-    return Path(out) / "checkpoint.pth"
+    views = TwoViews(images, v.image_size, on_device=device_augment(v.augment, s.train.device), scale=v.crop_scale)
+    return s.fit(model, views, out, meta, progress)
 
 
 METHOD = Method("spatial", "moco", "MoCo v2", "STT step 1: MoCo v2 on still images", MoCoSettings, StillViewSettings, TRAIN,

@@ -31,7 +31,7 @@ import torch
 
 from .datasets import cache_dir, data_root
 from .device import resolve_device
-from .train import TrainConfig
+from .train import CHECKPOINT, TrainConfig, Trainer
 
 PRESETS = ("smoke", "small", "gpu", "full")
 
@@ -89,12 +89,15 @@ def _type_name(hint) -> str:
 @dataclass
 class Settings:
     """The resolved settings of one training run: ``model``, ``data``, ``train`` (see the module
-    docstring) and ``overridden``, the fields the caller set (a preset's values are not in it)."""
+    docstring), ``overridden``, the fields the caller set (a preset's values are not in it), and
+    ``defaults``, every setting's value before any preset (what a checkpoint that does not record
+    a setting ran with)."""
 
     model: Any
     data: Any
     train: TrainConfig
     overridden: frozenset = frozenset()
+    defaults: dict = field(default_factory=dict)
 
     def flat(self) -> dict:
         """Every setting by name (the three groups' field names never collide)."""
@@ -109,6 +112,13 @@ class Settings:
         ``recorded``, e.g. the step-1 checkpoints): what the checkpoint keeps and resume compares."""
         extra = {k: (str(v) if isinstance(v, Path) else v) for k, v in {**asdict(self.data), **asdict(self.model)}.items()}
         return replace(self.train, extra={**extra, **recorded})
+
+    def fit(self, model, dataset, out, meta: dict, progress: bool = True, **recorded) -> Path:
+        """Train ``model`` on ``dataset`` into ``out`` with these settings (:class:`stt.train.Trainer`:
+        resumes a run of the same settings, refuses another); returns the checkpoint path."""
+        Trainer(model, dataset, self.train_config(**recorded), out, meta=meta, progress=progress,
+                defaults=self.defaults).fit()
+        return Path(out) / CHECKPOINT
 
 
 @dataclass(frozen=True)
@@ -190,7 +200,7 @@ class Method:
         base = self.defaults()
         pick = lambda obj: {k: values[k] for k in (f.name for f in fields(obj)) if k in values}  # noqa: E731
         return Settings(replace(base.model, **pick(base.model)), replace(base.data, **pick(base.data)),
-                        replace(base.train, **pick(base.train)), frozenset(given))
+                        replace(base.train, **pick(base.train)), frozenset(given), base.flat())
 
 
 # ------------------------------------------------------------------------------- command line

@@ -29,7 +29,7 @@ from .losses import (
     uncertainty_mask,
 )
 from .recipe import Method, constructor_settings, default_video_data, device_augment, frame_cache, seed_model_init
-from .train import TrainConfig, Trainer
+from .train import TrainConfig
 from .video import VideoFrames
 from .views import ClipSettings, FrameClips
 
@@ -229,10 +229,9 @@ def train_temporal(data=None, out="runs/temporal", config: str = "small", init=N
     seed_model_init(s.train)
     model = STT(init=trunk_from_checkpoint(init) if init else None,
                 teacher=load_checkpoint(teacher) if s.model.gcd else None, **asdict(s.model))
-    cfg = s.train_config(init=str(init) if init else None, teacher=str(teacher) if s.model.gcd else None)
     meta = {"recipe": "temporal", "config": config, "data": str(data), "pairs": len(clips)}
-    Trainer(model, clips, cfg, out, meta=meta, progress=progress, defaults=METHOD.defaults().flat()).fit()
-    return Path(out) / "checkpoint.pth"
+    return s.fit(model, clips, out, meta, progress, init=str(init) if init else None,
+                 teacher=str(teacher) if s.model.gcd else None)
 
 
 def _cli_kwargs(a) -> dict:
